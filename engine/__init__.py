@@ -1,0 +1,1 @@
+"""Loom's engine: load YAML, compile it into a Manifest, and run the CRM it describes."""

@@ -1,0 +1,156 @@
+"""``loom``: the command line. Thin: parses arguments, calls :mod:`loomcrm.engine.commands`, prints.
+
+Exit codes: 0 success, 1 a problem with the config, database or data, 2 wrong usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from .errors import ConfigErrors
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="loom", description="Loom: a CRM compiled from YAML. Run a command in a project directory, "
+        "or point at one with -p.")
+    parser.add_argument("-p", "--project", default=os.environ.get("LOOM_PROJECT", "."),
+                        help="directory holding loom.yaml, or the file itself (default: . or $LOOM_PROJECT)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name, help_text):
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        return p
+
+    command("validate", "check the config and print a summary; errors name file:line:col")
+    p = command("plan", "show what 'migrate' would change; exits 1 if a change would be refused")
+    p.add_argument("--sql", action="store_true", help="also print the SQL for this database's dialect")
+    p.add_argument("--database", help="database URL (default: config, or $LOOM_DATABASE_URL)")
+    p = command("migrate", "bring the database schema to the config, in one transaction")
+    p.add_argument("--database", help="database URL (default: config, or $LOOM_DATABASE_URL)")
+    p = command("seed", "load the project's demo data (seed.py), unless records exist already")
+    p.add_argument("--database", help="database URL")
+    p.add_argument("--force", action="store_true", help="seed even if the database has records")
+    p = command("serve", "serve the REST API (and its OpenAPI UI) with uvicorn")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1, help="worker processes sharing the database (default 1)")
+    p.add_argument("--database", help="database URL")
+    p = command("schema", "print the JSON Schema of the config language")
+    p.add_argument("--output", help="write to this file instead of printing")
+    p = command("openapi", "print the OpenAPI document of the project's REST API")
+    p.add_argument("--output", help="write to this file instead of printing")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args) or 0
+    except ConfigErrors as exc:
+        print(exc.render(), file=sys.stderr)
+        return 1
+    except Exception as exc:  # a user-facing failure: say what happened, not a traceback
+        from .commands import MigrationRefused
+
+        if isinstance(exc, MigrationRefused):
+            print(exc.plan.render(), file=sys.stderr)
+            print("\nNothing was changed.", file=sys.stderr)
+            return 1
+        import sqlalchemy.exc
+
+        if isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.ArgumentError):
+            print(f"loom: database error: {exc.orig if hasattr(exc, 'orig') else exc}", file=sys.stderr)
+            print("hint: check the database URL (--database, $LOOM_DATABASE_URL or 'database:' in loom.yaml)",
+                  file=sys.stderr)
+            return 1
+        raise
+
+
+def _validate(args) -> int:
+    from .commands import validate
+
+    manifest = validate(args.project)
+    fields = sum(len(e.user_fields) for e in manifest.entities.values())
+    print(f"ok: {manifest.app_name}: {len(manifest.entities)} entities, {fields} fields")
+    for entity in manifest.entities.values():
+        print(f"  {entity.name:<24} /api/{entity.plural:<24} {len(entity.user_fields)} fields")
+    return 0
+
+
+def _plan(args) -> int:
+    from .commands import plan
+
+    planned = plan(args.project, database_url=args.database)
+    print(planned.plan.render())
+    if args.sql and planned.plan.steps:
+        print("\n-- SQL (" + planned.dialect + ")\n" + planned.sql())
+    return 1 if planned.plan.refused else 0
+
+
+def _migrate(args) -> int:
+    from .commands import migrate
+
+    the_plan = migrate(args.project, database_url=args.database)
+    print(the_plan.render())
+    print("applied." if the_plan.steps or the_plan.notes else "nothing to do.")
+    return 0
+
+
+def _seed(args) -> int:
+    from .commands import seed
+
+    created = seed(args.project, database_url=args.database, force=args.force)
+    print("the database already holds records; not seeding (use --force to seed anyway)" if created is None
+          else f"seeded {created} records")
+    return 0
+
+
+def _serve(args) -> int:
+    import uvicorn
+
+    os.environ["LOOM_PROJECT"] = os.path.abspath(args.project)
+    if args.database:
+        os.environ["LOOM_DATABASE_URL"] = args.database
+    from .commands import validate
+
+    manifest = validate(args.project)  # fail fast with config errors, before forking workers
+    print(f"Loom: serving {manifest.app_name} at http://{args.host}:{args.port}/  "
+          f"(API docs: http://{args.host}:{args.port}/schema/swagger)", flush=True)
+    uvicorn.run("loomcrm.engine.app:create_app", factory=True, host=args.host, port=args.port,
+                workers=args.workers, log_level="warning", access_log=False)
+    return 0
+
+
+def _output(text: str, path: str | None) -> None:
+    if path:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+
+
+def _schema(args) -> int:
+    from loomcrm.schemas import config_json_schema_text
+
+    _output(config_json_schema_text(), args.output)
+    return 0
+
+
+def _openapi(args) -> int:
+    from .commands import openapi
+
+    _output(json.dumps(openapi(args.project), indent=2, ensure_ascii=False) + "\n", args.output)
+    return 0
+
+
+COMMANDS = {"validate": _validate, "plan": _plan, "migrate": _migrate, "seed": _seed, "serve": _serve,
+            "schema": _schema, "openapi": _openapi}
+
+if __name__ == "__main__":
+    sys.exit(main())

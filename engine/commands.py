@@ -1,0 +1,176 @@
+"""The Python API behind the CLI: plain functions that return results or raise Loom errors.
+
+Each takes the project path (a directory holding loom.yaml, or the file itself).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from loomcrm.generators.migrations import Plan, apply_steps, plan_migration, render_sql
+from loomcrm.generators.tables import MIGRATIONS_TABLE, migrations_table
+
+from .app import Loom
+from .compiler import compile_project
+from .database import create_db_engine
+from .errors import ConfigError, ConfigErrors, Location
+from .manifest import Manifest
+from .runtime.context import Context
+
+__all__ = ["validate", "plan", "migrate", "seed", "openapi", "MigrationRefused", "applied_manifest",
+           "LOOM_VERSION"]
+
+LOOM_VERSION = "0.1.0"
+ADVISORY_LOCK_ID = 0x4C4F4F4D  # "LOOM"
+
+
+class MigrationRefused(Exception):
+    """The plan holds changes this version cannot apply safely; nothing was changed."""
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+        super().__init__("the migration was refused; nothing was changed:\n" + "\n".join(
+            f"  - {r}" for r in plan.refused))
+
+
+def validate(project: str | os.PathLike) -> Manifest:
+    manifest, _ = compile_project(project)
+    return manifest
+
+
+@dataclass
+class PlannedMigration:
+    manifest: Manifest
+    plan: Plan
+    dialect: str
+
+    def sql(self) -> str:
+        return render_sql(self.plan.steps, self.dialect)
+
+
+def applied_manifest(conn: sa.Connection) -> tuple[dict[str, Any] | None, bool]:
+    """The manifest of the last applied migration, and whether the history table exists."""
+    if not sa.inspect(conn).has_table(MIGRATIONS_TABLE):
+        return None, False
+    table = migrations_table(sa.MetaData())
+    row = conn.execute(sa.select(table.c.manifest).order_by(table.c.id.desc()).limit(1)).first()
+    return (json.loads(row[0]) if row else None), True
+
+
+def plan(project: str | os.PathLike, *, database_url: str | None = None) -> PlannedMigration:
+    """What ``migrate`` would do, without changing anything."""
+    manifest, _ = compile_project(project)
+    engine = create_db_engine(database_url or manifest.database_url)
+    try:
+        with engine.connect() as conn:
+            old, has_table = applied_manifest(conn)
+        return PlannedMigration(manifest, plan_migration(old, manifest, has_migrations_table=has_table),
+                                engine.dialect.name)
+    finally:
+        engine.dispose()
+
+
+def migrate(project: str | os.PathLike, *, database_url: str | None = None, applied_by: str | None = None) -> Plan:
+    """Bring the database to the config, in one transaction; concurrent calls are serialized."""
+    manifest, _ = compile_project(project)
+    return migrate_manifest(manifest, database_url=database_url, applied_by=applied_by)
+
+
+def migrate_manifest(manifest: Manifest, *, database_url: str | None = None, applied_by: str | None = None) -> Plan:
+    engine = create_db_engine(database_url or manifest.database_url)
+    sqlite = engine.dialect.name == "sqlite"
+    try:
+        with engine.connect().execution_options(loom_write=True) as conn:
+            if sqlite:  # table rebuilds must not fire ON DELETE actions; checked again before commit
+                conn.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
+            try:
+                with conn.begin():
+                    if not sqlite:
+                        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": ADVISORY_LOCK_ID})
+                    old, has_table = applied_manifest(conn)  # read under the lock: the latest state
+                    the_plan = plan_migration(old, manifest, has_migrations_table=has_table)
+                    if the_plan.refused:
+                        raise MigrationRefused(the_plan)
+                    if old is not None and old == manifest.to_json():
+                        return the_plan
+                    apply_steps(conn, the_plan.steps)
+                    if sqlite:
+                        problems = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                        if problems:
+                            raise RuntimeError(f"foreign key check failed after migration: {problems[:5]}")
+                    _record(conn, manifest, the_plan, applied_by)
+            finally:
+                if sqlite:
+                    conn.connection.driver_connection.execute("PRAGMA foreign_keys=ON")
+        return the_plan
+    finally:
+        engine.dispose()
+
+
+def _record(conn: sa.Connection, manifest: Manifest, the_plan: Plan, applied_by: str | None) -> None:
+    from .runtime.context import _utcnow
+
+    table = migrations_table(sa.MetaData())
+    conn.execute(table.insert().values(
+        applied_at=_utcnow(), applied_by=applied_by or os.environ.get("USER"), manifest_hash=manifest.hash(),
+        manifest=json.dumps(manifest.to_json(), ensure_ascii=False, sort_keys=True),
+        summary=the_plan.summary(), loom_version=LOOM_VERSION,
+    ))
+
+
+class SeedApi:
+    """What a project's ``seed.py`` receives: ``api.create(entity, data) -> record``."""
+
+    def __init__(self, loom: Loom):
+        self.loom = loom
+        self.created = 0
+
+    def create(self, entity: str, data: dict[str, Any]) -> dict[str, Any]:
+        record = self.loom.records.create(self.loom.entity(entity), data, Context(channel="seed"))
+        self.created += 1
+        return record
+
+    def count(self, entity: str) -> int:
+        table = self.loom.metadata.tables[self.loom.entity(entity).table]
+        with self.loom.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+
+
+def seed(project: str | os.PathLike, *, database_url: str | None = None, force: bool = False) -> int | None:
+    """Run the project's ``seed.py`` (its ``seed(api)`` function). Returns records created, or None
+    when the database already holds records (unless ``force``)."""
+    loom = Loom.from_project(project, database_url=database_url)
+    try:
+        project_dir = Path(loom.manifest.project_dir)
+        seed_file = project_dir / "seed.py"
+        if not seed_file.is_file():
+            raise ConfigErrors([ConfigError(Location(str(seed_file)), "E102", "no seed.py in the project",
+                                            "write seed.py with a function seed(api)")])
+        api = SeedApi(loom)
+        if not force and any(api.count(name) for name in loom.manifest.entities):
+            return None
+        spec = importlib.util.spec_from_file_location("loom_project_seed", seed_file)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules.pop("loom_project_seed", None)
+        spec.loader.exec_module(module)
+        module.seed(api)
+        return api.created
+    finally:
+        loom.close()
+
+
+def openapi(project: str | os.PathLike) -> dict[str, Any]:
+    manifest, pm = compile_project(project)
+    loom = Loom.from_manifest(manifest, pm, database_url="sqlite://")
+    try:
+        return loom.asgi().openapi_schema.to_schema()
+    finally:
+        loom.close()

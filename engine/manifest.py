@@ -1,0 +1,186 @@
+"""The Manifest: the fully resolved, frozen model of one CRM, produced by the compiler.
+
+Everything later stages need is here, already checked: entities with their fields (system fields
+included), each field's type object, relations in both directions, and where each thing was
+written. ``Manifest.to_json()`` is what migrations store and diff.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .fieldtypes import FieldType
+
+__all__ = ["Manifest", "Entity", "Field", "Relation", "Index", "SYSTEM_FIELDS", "text_for"]
+
+#: Columns every entity has, in table order. ``id`` comes first, the rest after the entity's fields.
+SYSTEM_FIELDS = ("id", "created_at", "updated_at", "created_by", "updated_by", "owner", "version")
+
+
+def text_for(label: dict[str, str], locale: str | None = None) -> str:
+    """The label in ``locale``, else in the first locale it has."""
+    if locale and locale in label:
+        return label[locale]
+    return next(iter(label.values()), "")
+
+
+@dataclass(frozen=True)
+class Field:
+    """One field of an entity.
+
+    :ivar name: identifier used in the API and (except refs) as the column name.
+    :ivar type: the field type's name; ``field_type`` is the object that implements it.
+    :ivar column: database column, or None for fields stored elsewhere (many-to-many).
+    :ivar params: type-specific settings (``max_length``, ``options``, ``to``...), JSON-serializable.
+    :ivar default: a literal (already parsed), or one of ``now``, ``today``, ``current_user``.
+    :ivar system: True for the columns Loom manages (id, created_at, ...), never writable.
+    :ivar source: ``file:line:col`` where the field was written.
+    """
+
+    name: str
+    type: str
+    field_type: FieldType = field(compare=False, repr=False)
+    column: str | None
+    label: dict[str, str]
+    help: dict[str, str] = field(default_factory=dict)
+    required: bool = False
+    unique: bool = False
+    indexed: bool = False
+    read_only: bool = False
+    default: Any = None
+    dynamic_default: str | None = None
+    min: Any = None
+    max: Any = None
+    pattern: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    system: bool = False
+    source: str = ""
+
+    @property
+    def writable(self) -> bool:
+        return not (self.system or self.read_only)
+
+    @property
+    def target(self) -> str | None:
+        """The entity a ref/refs field points at."""
+        return self.params.get("to") if self.type in ("ref", "refs") else None
+
+    def to_json(self) -> dict[str, Any]:
+        data = {
+            "name": self.name, "type": self.type, "column": self.column, "label": self.label,
+            "required": self.required, "unique": self.unique, "indexed": self.indexed,
+            "read_only": self.read_only, "default": _jsonable(self.default),
+            "dynamic_default": self.dynamic_default, "min": _jsonable(self.min), "max": _jsonable(self.max),
+            "pattern": self.pattern, "params": self.params, "system": self.system,
+        }
+        if self.help:
+            data["help"] = self.help
+        return data
+
+
+@dataclass(frozen=True)
+class Relation:
+    """A list of records pointing at this one: reverse of a ref, or either side of a refs.
+
+    :ivar name: path segment (``/api/accounts/{id}/<name>``).
+    :ivar entity: the entity whose records are listed.
+    :ivar field: the ref/refs field that links them. For a refs field declared on *this* entity,
+        ``owner_side`` is True and ``entity`` is the target.
+    """
+
+    name: str
+    entity: str
+    field: str
+    kind: str  # "one_to_many" | "many_to_many"
+    owner_side: bool = False
+
+
+@dataclass(frozen=True)
+class Index:
+    name: str | None
+    fields: tuple[str, ...]
+    unique: bool = False
+
+
+@dataclass(frozen=True)
+class Entity:
+    name: str
+    label: dict[str, str]
+    plural: str
+    plural_label: dict[str, str]
+    title: str
+    description: str | None
+    fields: dict[str, Field]
+    indexes: tuple[Index, ...] = ()
+    relations: dict[str, Relation] = field(default_factory=dict)
+    source: str = ""
+
+    @property
+    def table(self) -> str:
+        return self.name
+
+    @property
+    def user_fields(self) -> list[Field]:
+        return [f for f in self.fields.values() if not f.system]
+
+    @property
+    def column_fields(self) -> list[Field]:
+        return [f for f in self.fields.values() if f.column is not None]
+
+    def join_table(self, field_name: str) -> str:
+        return f"{self.name}__{field_name}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "label": self.label, "plural": self.plural, "plural_label": self.plural_label,
+            "title": self.title, "description": self.description,
+            "fields": {n: f.to_json() for n, f in self.fields.items()},
+            "indexes": [{"name": i.name, "fields": list(i.fields), "unique": i.unique} for i in self.indexes],
+            "relations": {
+                n: {"entity": r.entity, "field": r.field, "kind": r.kind, "owner_side": r.owner_side}
+                for n, r in self.relations.items()
+            },
+        }
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """One compiled CRM.
+
+    :ivar app_name: shown in API docs and the admin app.
+    :ivar locales: the first is the default.
+    :ivar database_url: resolved (env override applied, SQLite paths absolute).
+    :ivar plugins: the project's plugin modules, as listed in loom.yaml.
+    """
+
+    app_name: str
+    locales: tuple[str, ...]
+    timezone: str
+    database_url: str
+    plugins: tuple[str, ...]
+    entities: dict[str, Entity]
+    project_dir: str = "."
+
+    def entity_by_plural(self, plural: str) -> Entity | None:
+        return next((e for e in self.entities.values() if e.plural == plural), None)
+
+    def to_json(self) -> dict[str, Any]:
+        """The schema-relevant content: stored with each migration and diffed by the planner."""
+        return {
+            "format": 1,
+            "app": {"name": self.app_name, "locales": list(self.locales), "timezone": self.timezone},
+            "entities": {n: e.to_json() for n, e in self.entities.items()},
+        }
+
+    def hash(self) -> str:
+        text = json.dumps(self.to_json(), sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | float | str | list | dict):
+        return value
+    return str(value)

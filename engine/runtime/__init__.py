@@ -1,0 +1,1 @@
+"""The one runtime pipeline every channel uses: validate, hooks, persist in one transaction."""

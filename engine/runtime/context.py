@@ -1,0 +1,34 @@
+"""Who is acting, through which channel, and the connection of the running transaction."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+
+__all__ = ["Context", "CHANNELS"]
+
+CHANNELS = ("api", "admin", "import", "python", "seed")
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass
+class Context:
+    """Passed to every runtime hook.
+
+    :ivar actor: id of the acting user, or None (system, or no authentication configured yet).
+    :ivar channel: one of :data:`CHANNELS`.
+    :ivar locale: the reader's locale for messages, or None for the app's default.
+    :ivar conn: the open connection of the current write transaction (set by the pipeline).
+    :ivar now: the timestamp the write records as ``created_at``/``updated_at``.
+    """
+
+    actor: int | None = None
+    channel: str = "python"
+    locale: str | None = None
+    conn: sa.Connection | None = None
+    now: dt.datetime = field(default_factory=_utcnow)

@@ -1,0 +1,170 @@
+"""SQL for records: select, insert, update, delete, many-to-many links, expansion, related lists.
+
+Plain functions of (connection, entity, table, values); the pipeline decides *whether* to run them.
+Records here are dicts keyed by field name holding Python values; :func:`dump_record` makes the
+JSON form the API returns.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import sqlalchemy as sa
+
+from ..manifest import Entity, Field, Manifest
+from .query import ListQuery, encode_cursor, keyset_clause, order_by, where_clause
+
+__all__ = ["Store", "dump_record"]
+
+
+class Store:
+    """Statements for one Manifest's tables. Builds the fixed statements once, not per request."""
+
+    def __init__(self, manifest: Manifest, metadata: sa.MetaData):
+        self.manifest = manifest
+        self.metadata = metadata
+        self.tables = {name: metadata.tables[e.table] for name, e in manifest.entities.items()}
+        self._get_by_id = {
+            name: sa.select(*self._columns(e)).where(self.tables[name].c.id == sa.bindparam("id"))
+            for name, e in manifest.entities.items()
+        }
+
+    def _columns(self, entity: Entity, names: list[str] | None = None) -> list[sa.Column]:
+        table = self.tables[entity.name]
+        fields = entity.column_fields if names is None else [entity.fields[n] for n in names]
+        return [table.c[f.column] for f in fields if f.column is not None]
+
+    # --- reading ---------------------------------------------------------------------------------
+    def fetch(self, conn: sa.Connection, entity: Entity, record_id: int, *, for_update: bool = False) -> dict | None:
+        stmt = self._get_by_id[entity.name]
+        if for_update and conn.dialect.name == "postgresql":
+            stmt = stmt.with_for_update()
+        row = conn.execute(stmt, {"id": record_id}).mappings().first()
+        if row is None:
+            return None
+        record = _from_row(entity, row)
+        self.attach_links(conn, entity, [record])
+        return record
+
+    def list(self, conn: sa.Connection, entity: Entity, query: ListQuery,
+             extra_where: list[sa.ColumnElement] = ()) -> tuple[list[dict], str | None, int | None]:
+        """One page of records, the cursor of the next page (or None), and the total if asked for."""
+        table = self.tables[entity.name]
+        conditions = [*where_clause(table, query.filters, conn.dialect.name), *extra_where]
+        stmt = sa.select(*self._columns(entity)).where(*conditions)
+        if query.cursor is not None:
+            stmt = stmt.where(keyset_clause(table, query.sort, query.cursor))
+        stmt = stmt.order_by(*order_by(table, query.sort)).limit(query.limit + 1)
+        rows = conn.execute(stmt).mappings().all()
+        records = [_from_row(entity, r) for r in rows[: query.limit]]
+        next_cursor = None
+        if len(rows) > query.limit:
+            last = dump_record(entity, records[-1], [f.name for f, _ in query.sort])
+            next_cursor = encode_cursor(query.sort, last)
+        total = None
+        if query.count:
+            total = conn.execute(sa.select(sa.func.count()).select_from(table).where(*conditions)).scalar_one()
+        self.attach_links(conn, entity, records)
+        return records, next_cursor, total
+
+    def attach_links(self, conn: sa.Connection, entity: Entity, records: list[dict]) -> None:
+        """Fill many-to-many fields with lists of ids: one query per refs field, not per record."""
+        if not records:
+            return
+        for field in entity.user_fields:
+            if field.type != "refs":
+                continue
+            links = self.load_links(conn, entity, field, [r["id"] for r in records])
+            for record in records:
+                record[field.name] = links.get(record["id"], [])
+
+    def load_links(self, conn, entity: Entity, field: Field, ids: list[int]) -> dict[int, list[int]]:
+        table = self.metadata.tables[entity.join_table(field.name)]
+        left, right = table.info["join"]
+        rows = conn.execute(
+            sa.select(table.c[left], table.c[right]).where(table.c[left].in_(ids)).order_by(table.c[right])
+        )
+        result: dict[int, list[int]] = defaultdict(list)
+        for source, target in rows:
+            result[source].append(target)
+        return result
+
+    def expand(self, conn, entity: Entity, names: list[str], records: list[dict], dumped: list[dict]) -> None:
+        """Replace ref ids in ``dumped`` by the target records: one query per expanded field."""
+        for name in names:
+            field = entity.fields[name]
+            target = self.manifest.entities[field.target]
+            ids = set()
+            for record in records:
+                value = record.get(name)
+                ids.update(value if isinstance(value, list) else [value] if value is not None else [])
+            if not ids:
+                continue
+            table = self.tables[target.name]
+            rows = conn.execute(sa.select(*self._columns(target)).where(table.c.id.in_(sorted(ids)))).mappings()
+            targets = {r["id"]: _from_row(target, r) for r in rows}
+            self.attach_links(conn, target, list(targets.values()))
+            by_id = {i: dump_record(target, t) for i, t in targets.items()}
+            for record, out in zip(records, dumped, strict=True):
+                value = record.get(name)
+                if isinstance(value, list):
+                    out[name] = [by_id[v] for v in value if v in by_id]
+                elif value is not None:
+                    out[name] = by_id.get(value)
+
+    def exists(self, conn, entity: Entity, ids: list[int]) -> set[int]:
+        table = self.tables[entity.name]
+        return set(conn.execute(sa.select(table.c.id).where(table.c.id.in_(ids))).scalars())
+
+    def count_referencing(self, conn, entity: Entity, field: Field, record_id: int) -> int:
+        table = self.tables[entity.name]
+        return conn.execute(
+            sa.select(sa.func.count()).select_from(table).where(table.c[field.column] == record_id)
+        ).scalar_one()
+
+    # --- writing ---------------------------------------------------------------------------------
+    def insert(self, conn, entity: Entity, values: dict[str, Any]) -> int:
+        table = self.tables[entity.name]
+        row = {entity.fields[n].column: v for n, v in values.items() if entity.fields[n].column is not None}
+        result = conn.execute(table.insert().values(row).returning(table.c.id))
+        return result.scalar_one()
+
+    def update(self, conn, entity: Entity, record_id: int, version: int, values: dict[str, Any]) -> bool:
+        """Update if the stored version is still ``version``; bump it. False when someone was faster."""
+        table = self.tables[entity.name]
+        row = {entity.fields[n].column: v for n, v in values.items() if entity.fields[n].column is not None}
+        row["version"] = table.c.version + 1
+        result = conn.execute(
+            table.update().where(table.c.id == record_id, table.c.version == version).values(row)
+        )
+        return result.rowcount == 1
+
+    def delete(self, conn, entity: Entity, record_id: int, version: int) -> bool:
+        table = self.tables[entity.name]
+        result = conn.execute(table.delete().where(table.c.id == record_id, table.c.version == version))
+        return result.rowcount == 1
+
+    def set_links(self, conn, entity: Entity, field: Field, record_id: int, ids: list[int]) -> None:
+        table = self.metadata.tables[entity.join_table(field.name)]
+        left, right = table.info["join"]
+        conn.execute(table.delete().where(table.c[left] == record_id))
+        if ids:
+            conn.execute(table.insert(), [{left: record_id, right: i} for i in ids])
+
+
+def _from_row(entity: Entity, row) -> dict[str, Any]:
+    return {f.name: row[f.column] for f in entity.column_fields if f.column in row}
+
+
+def dump_record(entity: Entity, record: dict[str, Any], names: list[str] | None = None) -> dict[str, Any]:
+    """The JSON form of a record: each value through its field type's ``dump``."""
+    fields = entity.fields
+    out = {}
+    for name in names if names is not None else record:
+        if name not in record:
+            continue
+        value = record[name]
+        field = fields[name]
+        out[name] = None if value is None else field.field_type.dump(field, value)
+    return out

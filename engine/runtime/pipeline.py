@@ -1,0 +1,322 @@
+"""The write and read pipeline every channel goes through.
+
+``validate input -> loom_before_* hooks -> write (one transaction) -> loom_after_* hooks -> commit``
+
+Reads go through here too, so later stages (row and field security) have one place to live.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pluggy
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from ..database import write_lock
+from ..errors import Problem, did_you_mean
+from ..fieldtypes import FieldValueError
+from ..manifest import Entity, Manifest
+from .context import Context
+from .persistence import Store, dump_record
+from .query import ListQuery
+
+__all__ = ["Records"]
+
+
+class Records:
+    """Create, read, update and delete records of one app. Thread-safe; one per app.
+
+    Every method takes a :class:`Context`; results are JSON-ready dicts (``dump_record``).
+    """
+
+    def __init__(self, manifest: Manifest, engine: sa.Engine, pm: pluggy.PluginManager, store: Store):
+        self.manifest = manifest
+        self.engine = engine
+        self.pm = pm
+        self.store = store
+        self.sqlite = engine.dialect.name == "sqlite"
+
+    # --- transactions ----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def writing(self, ctx: Context) -> Iterator[sa.Connection]:
+        """One write transaction. On SQLite, writers queue on a process lock and take the database
+        lock up front (BEGIN IMMEDIATE), so concurrent writers wait instead of failing."""
+        lock = write_lock if self.sqlite else contextlib.nullcontext()
+        with lock, self.engine.connect().execution_options(loom_write=True) as conn, conn.begin():
+            ctx.conn = conn
+            try:
+                yield conn
+            finally:
+                ctx.conn = None
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[sa.Connection]:
+        with self.engine.connect() as conn:
+            yield conn
+
+    def _hook(self, name: str):
+        """The hook caller, or None when no plugin implements it (saves the call on hot paths)."""
+        caller = getattr(self.pm.hook, name)
+        return caller if caller.get_hookimpls() else None
+
+    # --- reading ---------------------------------------------------------------------------------
+    def get(self, entity: Entity, record_id: int, ctx: Context, *, fields: list[str] | None = None,
+            expand: list[str] = ()) -> dict:
+        with self.reading() as conn:
+            record = self.store.fetch(conn, entity, record_id)
+            if record is None:
+                raise not_found(entity, record_id)
+            out = dump_record(entity, record, fields and _with_id(fields))
+            if expand:
+                self.store.expand(conn, entity, list(expand), [record], [out])
+        return out
+
+    def list(self, entity: Entity, query: ListQuery, ctx: Context,
+             extra_where: list[sa.ColumnElement] = ()) -> dict:
+        with self.reading() as conn:
+            records, next_cursor, total = self.store.list(conn, entity, query, extra_where)
+            names = _with_id(query.fields) if query.fields else None
+            dumped = [dump_record(entity, r, names) for r in records]
+            if query.expand:
+                self.store.expand(conn, entity, query.expand, records, dumped)
+        page: dict[str, Any] = {"data": dumped, "next_cursor": next_cursor}
+        if query.count:
+            page["count"] = total
+        return page
+
+    def related(self, entity: Entity, record_id: int, relation_name: str, query: ListQuery, ctx: Context) -> dict:
+        """The records of ``entity.relations[relation_name]`` that point at (or are linked to) a record."""
+        relation = entity.relations[relation_name]
+        child = self.manifest.entities[relation.entity]
+        with self.reading() as conn:
+            if self.store.fetch(conn, entity, record_id) is None:
+                raise not_found(entity, record_id)
+        child_table = self.store.tables[child.name]
+        if relation.kind == "one_to_many":
+            condition = child_table.c[child.fields[relation.field].column] == record_id
+        else:
+            owner = entity if relation.owner_side else child
+            join = self.store.metadata.tables[owner.join_table(relation.field)]
+            left, right = join.info["join"]
+            mine, theirs = (left, right) if relation.owner_side else (right, left)
+            condition = child_table.c.id.in_(sa.select(join.c[theirs]).where(join.c[mine] == record_id))
+        return self.list(child, query, ctx, [condition])
+
+    # --- writing ---------------------------------------------------------------------------------
+    def create(self, entity: Entity, data: dict[str, Any], ctx: Context) -> dict:
+        values = self.validate(entity, data, partial=False)
+        self._apply_defaults(entity, values, ctx)
+        missing = [f for f in entity.user_fields if f.required and values.get(f.name) is None]
+        if missing:
+            raise invalid([_error(f.name, "required", "is required") for f in missing])
+        try:
+            with self.writing(ctx) as conn:
+                if hook := self._hook("loom_before_create"):
+                    before = dict(values)
+                    hook(ctx=ctx, entity=entity, data=values)
+                    self._revalidate(entity, before, values)
+                values.update(created_at=ctx.now, updated_at=ctx.now, created_by=ctx.actor,
+                              updated_by=ctx.actor, owner=values.get("owner", ctx.actor))
+                record_id = self.store.insert(conn, entity, values)
+                self._write_links(conn, entity, record_id, values)
+                record = self.store.fetch(conn, entity, record_id)
+                if hook := self._hook("loom_after_create"):
+                    hook(ctx=ctx, entity=entity, record=record)
+        except IntegrityError as exc:
+            raise self._integrity_problem(entity, exc, values) from None
+        return dump_record(entity, record)
+
+    def update(self, entity: Entity, record_id: int, data: dict[str, Any], ctx: Context,
+               version: int | None = None) -> dict:
+        changes = self.validate(entity, data, partial=True)
+        try:
+            with self.writing(ctx) as conn:
+                old = self.store.fetch(conn, entity, record_id, for_update=True)
+                if old is None:
+                    raise not_found(entity, record_id)
+                check_version(entity, old, version)
+                if hook := self._hook("loom_before_update"):
+                    before = dict(changes)
+                    hook(ctx=ctx, entity=entity, old=dict(old), changes=changes)
+                    self._revalidate(entity, before, changes)
+                cleared = [n for n, v in changes.items() if v is None and entity.fields[n].required]
+                if cleared:
+                    raise invalid([_error(n, "required", "is required and cannot be emptied") for n in cleared])
+                changes.update(updated_at=ctx.now, updated_by=ctx.actor)
+                if not self.store.update(conn, entity, record_id, old["version"], changes):
+                    raise stale(entity, record_id, None)
+                self._write_links(conn, entity, record_id, changes)
+                record = self.store.fetch(conn, entity, record_id)
+                if hook := self._hook("loom_after_update"):
+                    hook(ctx=ctx, entity=entity, old=old, record=record)
+        except IntegrityError as exc:
+            raise self._integrity_problem(entity, exc, changes) from None
+        return dump_record(entity, record)
+
+    def delete(self, entity: Entity, record_id: int, ctx: Context, version: int | None = None) -> None:
+        try:
+            with self.writing(ctx) as conn:
+                old = self.store.fetch(conn, entity, record_id, for_update=True)
+                if old is None:
+                    raise not_found(entity, record_id)
+                check_version(entity, old, version)
+                if hook := self._hook("loom_before_delete"):
+                    hook(ctx=ctx, entity=entity, record=dict(old))
+                if not self.store.delete(conn, entity, record_id, old["version"]):
+                    raise stale(entity, record_id, None)
+                if hook := self._hook("loom_after_delete"):
+                    hook(ctx=ctx, entity=entity, record=old)
+        except IntegrityError:
+            raise self._restrict_problem(entity, record_id) from None
+
+    # --- validation ------------------------------------------------------------------------------
+    def validate(self, entity: Entity, data: dict[str, Any], *, partial: bool) -> dict[str, Any]:
+        """Parse every value through its field type; one 422 Problem lists every bad field."""
+        if not isinstance(data, dict):
+            raise Problem(422, "Validation failed", errors=[_error("", "type", "the body must be a JSON object")])
+        values, errors = {}, []
+        for name, value in data.items():
+            field = entity.fields.get(name)
+            if field is None:
+                hint = did_you_mean(str(name), [f.name for f in entity.user_fields])
+                errors.append(_error(name, "unknown_field",
+                                     f"'{entity.name}' has no field '{name}'" + (f" ({hint})" if hint else "")))
+                continue
+            if not field.writable:
+                errors.append(_error(name, "read_only", "is read-only"))
+                continue
+            if value is None or (value == "" and field.type not in ("json",)):
+                if field.required and (partial or field.default is None and field.dynamic_default is None):
+                    errors.append(_error(name, "required", "is required"))
+                values[name] = None if field.type != "refs" else []
+                continue
+            try:
+                values[name] = field.field_type.parse(field, value)
+            except FieldValueError as exc:
+                errors.append(_error(name, exc.code, exc.message))
+        if errors:
+            raise invalid(errors)
+        return values
+
+    def _revalidate(self, entity: Entity, before: dict, after: dict) -> None:
+        changed = {k: v for k, v in after.items() if k not in before or before[k] is not v}
+        if changed:
+            after.update(self.validate(entity, {k: v for k, v in changed.items()
+                                                if entity.fields.get(k) is None or entity.fields[k].writable},
+                                       partial=True))
+
+    def _apply_defaults(self, entity: Entity, values: dict, ctx: Context) -> None:
+        for field in entity.user_fields:
+            if field.name in values:
+                continue
+            if field.dynamic_default == "now":
+                values[field.name] = ctx.now
+            elif field.dynamic_default == "today":
+                values[field.name] = ctx.now.astimezone(_zone(self.manifest.timezone)).date() \
+                    if field.type == "date" else ctx.now
+            elif field.dynamic_default == "current_user":
+                values[field.name] = ctx.actor
+            elif field.default is not None:
+                values[field.name] = field.default
+
+    def _write_links(self, conn, entity: Entity, record_id: int, values: dict) -> None:
+        for field in entity.user_fields:
+            if field.type == "refs" and field.name in values:
+                ids = values[field.name] or []
+                target = self.manifest.entities[field.target]
+                missing = sorted(set(ids) - self.store.exists(conn, target, ids)) if ids else []
+                if missing:
+                    raise invalid([_error(field.name, "not_found",
+                                          f"no {target.name} with id {', '.join(map(str, missing))}")])
+                self.store.set_links(conn, entity, field, record_id, ids)
+
+    # --- turning database errors into answers -------------------------------------------------------
+    def _integrity_problem(self, entity: Entity, exc: IntegrityError, values: dict) -> Problem:
+        message = str(exc.orig)
+        constraint = getattr(getattr(exc.orig, "diag", None), "constraint_name", None) or ""
+        if "UNIQUE" in message or constraint.startswith("uq_") or "unique" in message.lower():
+            fields = self._unique_fields(entity, message, constraint)
+            return Problem(422, "Validation failed", errors=[
+                _error(f, "unique", f"another {entity.name} already has this value") for f in fields
+            ] or [_error("", "unique", "a record with these values already exists")])
+        if "FOREIGN KEY" in message.upper() or constraint.startswith("fk_"):
+            errors = []
+            with self.reading() as conn:
+                for field in entity.user_fields:
+                    if field.type == "ref" and values.get(field.name) is not None:
+                        target = self.manifest.entities[field.target]
+                        if not self.store.exists(conn, target, [values[field.name]]):
+                            errors.append(_error(field.name, "not_found",
+                                                 f"no {target.name} with id {values[field.name]}"))
+            return invalid(errors or [_error("", "reference", "a referenced record does not exist")])
+        return Problem(409, "Conflict", detail="the change conflicts with a database constraint")
+
+    def _unique_fields(self, entity: Entity, message: str, constraint: str) -> list[str]:
+        columns: list[str] = []
+        match = re.search(r"UNIQUE constraint failed: (.+)$", message)
+        if match:
+            columns = [part.strip().split(".")[-1] for part in match.group(1).split(",")]
+        elif constraint:
+            table = self.store.tables[entity.name]
+            for c in table.constraints:
+                if c.name == constraint:
+                    columns = [col.name for col in c.columns]
+        by_column = {f.column: f.name for f in entity.column_fields}
+        return [by_column.get(c, c) for c in columns]
+
+    def _restrict_problem(self, entity: Entity, record_id: int) -> Problem:
+        blockers = []
+        with self.reading() as conn:
+            for relation in entity.relations.values():
+                child = self.manifest.entities[relation.entity]
+                field = child.fields[relation.field]
+                if relation.kind == "one_to_many" and field.params.get("on_delete") == "restrict":
+                    count = self.store.count_referencing(conn, child, field, record_id)
+                    if count:
+                        blockers.append(f"{count} {child.name} record(s) via {child.name}.{field.name}")
+        detail = (f"{entity.name} {record_id} is still referenced by " + ", ".join(blockers)
+                  + " (on_delete: restrict); delete or reassign those first") if blockers else \
+            f"{entity.name} {record_id} is still referenced by other records"
+        return Problem(409, "Record is in use", detail=detail)
+
+
+def _with_id(names: list[str]) -> list[str]:
+    return names if "id" in names else ["id", *names]
+
+
+def _error(field: str, code: str, message: str) -> dict[str, str]:
+    return {"field": field, "code": code, "message": message}
+
+
+def invalid(errors: list[dict[str, str]]) -> Problem:
+    return Problem(422, "Validation failed", errors=errors)
+
+
+def not_found(entity: Entity, record_id: int) -> Problem:
+    return Problem(404, "Not found", detail=f"no {entity.name} with id {record_id}")
+
+
+def stale(entity: Entity, record_id: int, current: int | None) -> Problem:
+    detail = f"{entity.name} {record_id} was changed by someone else"
+    detail += f" (now at version {current})" if current is not None else ""
+    return Problem(409, "Version conflict", detail=detail + "; reload it and apply your change again",
+                   errors=[_error("version", "stale", detail)])
+
+
+def check_version(entity: Entity, record: dict, version: int | None) -> None:
+    if version is not None and version != record["version"]:
+        raise stale(entity, record["id"], record["version"])
+
+
+def _zone(name: str) -> dt.tzinfo:
+    from zoneinfo import ZoneInfo
+
+    try:
+        return ZoneInfo(name)
+    except Exception:
+        return dt.UTC

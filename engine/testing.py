@@ -1,0 +1,36 @@
+"""Test helpers for Loom and for plugin authors (registered as a pytest plugin).
+
+``make_loom(files, database_url)`` builds a Loom app from YAML strings.
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+__all__ = ["make_loom", "project_files"]
+
+
+def project_files(entities_yaml: str, *, app: str = "app: {name: Test CRM, locales: [en, zh]}",
+                  extra: dict[str, str] | None = None) -> dict[str, str]:
+    """A minimal project: loom.yaml including entities.yaml holding ``entities_yaml``."""
+    return {
+        "loom.yaml": f"{app}\ninclude: [entities.yaml]\n",
+        "entities.yaml": textwrap.dedent(entities_yaml),
+        **(extra or {}),
+    }
+
+
+def make_loom(files: dict[str, str], database_url: str, *, plugins: list | None = None, migrate: bool = True):
+    """Load, compile and (by default) migrate a project given as ``{path: yaml text}``."""
+    from .app import Loom
+    from .commands import migrate_manifest
+    from .compiler import compile_manifest
+    from .loader import load_config_text
+    from .plugins import make_plugin_manager
+
+    loaded = load_config_text(files)
+    pm = make_plugin_manager([*loaded.project.plugins, *(plugins or [])])
+    manifest = compile_manifest(loaded, pm)
+    if migrate:
+        migrate_manifest(manifest, database_url=database_url)
+    return Loom.from_manifest(manifest, pm, database_url=database_url)

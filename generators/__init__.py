@@ -1,0 +1,1 @@
+"""Artifacts generated from a Manifest: tables, migration plans, I/O models, routes."""

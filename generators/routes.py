@@ -1,0 +1,145 @@
+"""litestar route handlers generated per entity: ``/api/<plural>`` list, create, get, patch, delete,
+and ``/api/<plural>/{id}/<relation>`` for every related list.
+
+Handlers are thin: they turn HTTP into calls on :class:`~loomcrm.engine.runtime.pipeline.Records`.
+Their annotations are the generated I/O models, so litestar's OpenAPI document is per entity.
+"""
+
+from typing import Annotated, Any
+
+from litestar import Request, Response, Router, delete, get, patch, post
+from litestar.params import Parameter
+
+from loomcrm.engine.errors import Problem
+from loomcrm.engine.manifest import Entity, text_for
+from loomcrm.engine.runtime.context import Context
+from loomcrm.engine.runtime.pipeline import Records
+from loomcrm.engine.runtime.query import DEFAULT_LIMIT, MAX_LIMIT, parse_list_params
+
+from .models import EntityModels
+
+__all__ = ["entity_router", "api_context"]
+
+FILTER_HELP = (
+    "Filters: `filter[<field>][<op>]=<value>` (op: eq, ne, lt, lte, gt, gte, in, contains, startswith, "
+    "isnull; default eq), combined with AND. `in` takes comma-separated values."
+)
+ListParams = {
+    "sort": Annotated[str | None, Parameter(description="Comma-separated fields, `-` for descending: "
+                                                        "`-created_at,name`.")],
+    # typed as text so that Loom's own parser reports every bad parameter at once; documented as integer
+    "limit": Annotated[str | None, Parameter(description=f"Page size (default {DEFAULT_LIMIT}).", schema_extra={
+        "type": "integer", "minimum": 1, "maximum": MAX_LIMIT})],
+    "cursor": Annotated[str | None, Parameter(description="`next_cursor` of the previous page.")],
+    "fields": Annotated[str | None, Parameter(description="Comma-separated fields to return (id always).")],
+    "expand": Annotated[str | None, Parameter(description="Comma-separated ref fields to return as records.")],
+    "count": Annotated[str | None, Parameter(description="Also return the total number of matches.",
+                                             schema_extra={"type": "boolean"})],
+}
+IfMatch = Annotated[str | None, Parameter(header="If-Match", description="The record's version, as in its ETag.")]
+
+
+def api_context(request: Request) -> Context:
+    return Context(actor=None, channel="api", locale=None)
+
+
+def parse_if_match(value: str | None) -> int | None:
+    if value is None:
+        return None
+    return parse_version(value.strip().removeprefix("W/").strip('"'), "If-Match")
+
+
+def parse_version(text: str | None, where: str) -> int | None:
+    if text is None:
+        return None
+    if not text.isdigit() or not 1 <= int(text) <= 2**31 - 1:
+        raise Problem(400, f"Invalid {where}", errors=[
+            {"field": where, "code": "type", "message": f'{where} must hold the record version, e.g. "3"'}])
+    return int(text)
+
+
+def checked_id(entity: Entity, record_id: int) -> int:
+    """Ids beyond 64 bits cannot exist: answer 404 instead of letting the database overflow."""
+    if not 1 <= record_id <= 2**63 - 1:
+        raise Problem(404, "Not found", detail=f"no {entity.name} with id {record_id}")
+    return record_id
+
+
+def _typed(fn, annotations: dict[str, Any]):
+    """Give a generated handler its real annotations (litestar builds the OpenAPI document from them)."""
+    fn.__annotations__ = annotations
+    return fn
+
+
+def entity_router(records: Records, entity: Entity, all_models: dict[str, EntityModels], *,
+                  sync_to_thread: bool) -> Router:
+    plural = entity.plural
+    models = all_models[entity.name]
+    tag = text_for(entity.plural_label)
+    opts = {"sync_to_thread": sync_to_thread, "tags": [tag]}
+
+    def list_records(request: Request, sort=None, limit=None, cursor=None, fields=None, expand=None,
+                     count=None) -> Any:
+        query = parse_list_params(entity, request.query_params.multi_items())
+        return records.list(entity, query, api_context(request))
+
+    def create_record(request: Request, data: Any) -> Any:
+        record = records.create(entity, data.model_dump(exclude_unset=True), api_context(request))
+        return Response(record, status_code=201,
+                        headers={"Location": f"/api/{plural}/{record['id']}", "ETag": f'"{record["version"]}"'})
+
+    def get_record(request: Request, record_id: int, fields=None, expand=None) -> Any:
+        params = parse_list_params(entity, [(k, v) for k, v in request.query_params.multi_items()
+                                            if k in ("fields", "expand")])
+        record = records.get(entity, checked_id(entity, record_id), api_context(request), fields=params.fields, expand=params.expand)
+        return Response(record, headers={"ETag": f'"{record["version"]}"'} if "version" in record else {})
+
+    def patch_record(request: Request, record_id: int, data: Any, if_match: Any = None) -> Any:
+        changes = data.model_dump(exclude_unset=True)
+        version = changes.pop("version", None)
+        header_version = parse_if_match(if_match)
+        if version is not None and header_version is not None and version != header_version:
+            raise Problem(400, "Conflicting versions", detail="version in the body and If-Match differ")
+        record = records.update(entity, checked_id(entity, record_id), changes, api_context(request),
+                                version=version if version is not None else header_version)
+        return Response(record, headers={"ETag": f'"{record["version"]}"'})
+
+    def delete_record(request: Request, record_id: int, version: Any = None, if_match: Any = None) -> None:
+        query_version = parse_version(version, "version")
+        header_version = parse_if_match(if_match)
+        records.delete(entity, checked_id(entity, record_id), api_context(request),
+                       version=query_version if query_version is not None else header_version)
+
+    Version = Annotated[str | None, Parameter(description="The version you read; stale gets 409.",
+                                              schema_extra={"type": "integer", "minimum": 1})]
+    handlers = [
+        get("/", summary=f"List {tag}", description=FILTER_HELP, **opts)(
+            _typed(list_records, {"request": Request, **ListParams, "return": models.page})),
+        post("/", summary=f"Create a {text_for(entity.label)}", status_code=201, **opts)(
+            _typed(create_record, {"request": Request, "data": models.create, "return": Response[models.record]})),
+        get("/{record_id:int}", summary=f"Get a {text_for(entity.label)}", **opts)(
+            _typed(get_record, {"request": Request, "record_id": int, "fields": ListParams["fields"],
+                                "expand": ListParams["expand"], "return": Response[models.record]})),
+        patch("/{record_id:int}", summary=f"Change a {text_for(entity.label)}", **opts)(
+            _typed(patch_record, {"request": Request, "record_id": int, "data": models.update,
+                                  "if_match": IfMatch, "return": Response[models.record]})),
+        delete("/{record_id:int}", summary=f"Delete a {text_for(entity.label)}", **opts)(
+            _typed(delete_record, {"request": Request, "record_id": int, "version": Version,
+                                   "if_match": IfMatch, "return": None})),
+    ]
+    for relation in entity.relations.values():
+        handlers.append(_related_handler(records, entity, relation, all_models[relation.entity].page, opts))
+    return Router(path=f"/api/{plural}", route_handlers=handlers)
+
+
+def _related_handler(records: Records, entity: Entity, relation, page, opts):
+    child = records.manifest.entities[relation.entity]
+
+    def list_related(request: Request, record_id: int, sort=None, limit=None, cursor=None, fields=None,
+                     expand=None, count=None) -> Any:
+        query = parse_list_params(child, request.query_params.multi_items())
+        return records.related(entity, checked_id(entity, record_id), relation.name, query, api_context(request))
+
+    return get(f"/{{record_id:int}}/{relation.name}", summary=f"{text_for(child.plural_label)} of a "
+               f"{text_for(entity.label)}", description=FILTER_HELP, name=f"{entity.name}.{relation.name}", **opts)(
+        _typed(list_related, {"request": Request, "record_id": int, **ListParams, "return": page}))

@@ -1,0 +1,147 @@
+"""SQLAlchemy ``MetaData`` from a Manifest: one table per entity, join tables for many-to-many.
+
+Constraint names come from a full naming convention, so they are stable across runs and the
+migration planner can find them again. Each column carries its spec path in ``Column.info``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
+if TYPE_CHECKING:
+    from loomcrm.engine.manifest import Entity, Manifest
+
+__all__ = ["NAMING_CONVENTION", "build_metadata", "JSONValue", "UTCDateTime", "id_type", "MIGRATIONS_TABLE"]
+
+NAMING_CONVENTION = {
+    "pk": "pk_%(table_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+}
+MIGRATIONS_TABLE = "loom_migrations"
+ON_DELETE = {"restrict": "RESTRICT", "cascade": "CASCADE", "set_null": "SET NULL"}
+
+
+def id_type() -> sa.types.TypeEngine:
+    """64-bit ids on PostgreSQL; SQLite needs exactly INTEGER for its rowid primary key."""
+    return sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+class JSONValue(sa.types.TypeDecorator):
+    """JSON everywhere, JSONB on PostgreSQL (indexable, comparable)."""
+
+    impl = sa.JSON
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect):
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(postgresql.JSONB())
+        return dialect.type_descriptor(sa.JSON())
+
+
+class UTCDateTime(sa.types.TypeDecorator):
+    """Timestamps stored in UTC and always read back timezone-aware (SQLite keeps no offset)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.UTC)
+        value = value.astimezone(dt.UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=dt.UTC)
+        return value
+
+
+def build_metadata(manifest: Manifest) -> sa.MetaData:
+    """All tables of the CRM plus Loom's own bookkeeping table."""
+    metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+    for entity in manifest.entities.values():
+        entity_table(metadata, entity, manifest)
+    for entity in manifest.entities.values():
+        for field in entity.user_fields:
+            if field.type == "refs":
+                join_table(metadata, entity, field.name, manifest.entities[field.target])
+    migrations_table(metadata)
+    return metadata
+
+
+def entity_table(metadata: sa.MetaData, entity: Entity, manifest: Manifest) -> sa.Table:
+    columns: list[sa.SchemaItem] = [
+        sa.Column("id", id_type(), primary_key=True, autoincrement=True, info={"loom": f"{entity.name}.id"})
+    ]
+    for field in entity.user_fields:
+        if field.column is None:
+            continue
+        args = []
+        if field.type == "ref":
+            target = manifest.entities[field.target]
+            args.append(sa.ForeignKey(f"{target.table}.id", ondelete=ON_DELETE[field.params["on_delete"]]))
+        columns.append(
+            sa.Column(
+                field.column,
+                field.field_type.column_type(field),
+                *args,
+                nullable=not field.required,
+                unique=field.unique or None,
+                index=(field.indexed or field.type == "ref") and not field.unique or None,
+                info={"loom": f"{entity.name}.{field.name}", "source": field.source},
+            )
+        )
+    columns += [
+        sa.Column("created_at", UTCDateTime(), nullable=False),
+        sa.Column("updated_at", UTCDateTime(), nullable=False),
+        sa.Column("created_by", id_type(), nullable=True),
+        sa.Column("updated_by", id_type(), nullable=True),
+        sa.Column("owner", id_type(), nullable=True, index=True),
+        sa.Column("version", sa.Integer(), nullable=False, server_default=sa.text("1")),
+    ]
+    table = sa.Table(entity.table, metadata, *columns, info={"loom": entity.name})
+    for index in entity.indexes:
+        cols = [table.c[entity.fields[f].column] for f in index.fields]
+        if index.unique and index.name is None:
+            table.append_constraint(sa.UniqueConstraint(*cols))
+        else:
+            sa.Index(index.name, *cols, unique=index.unique)
+    return table
+
+
+def join_table(metadata: sa.MetaData, entity: Entity, field_name: str, target: Entity) -> sa.Table:
+    """``<entity>__<field>`` with one row per link; both sides cascade on delete."""
+    left, right = f"{entity.name}_id", f"{target.name}_id"
+    if left == right:
+        left, right = "source_id", "target_id"
+    return sa.Table(
+        entity.join_table(field_name),
+        metadata,
+        sa.Column(left, id_type(), sa.ForeignKey(f"{entity.table}.id", ondelete="CASCADE"), primary_key=True),
+        sa.Column(right, id_type(), sa.ForeignKey(f"{target.table}.id", ondelete="CASCADE"), primary_key=True,
+                  index=True),
+        info={"loom": f"{entity.name}.{field_name}", "join": (left, right)},
+    )
+
+
+def migrations_table(metadata: sa.MetaData) -> sa.Table:
+    return sa.Table(
+        MIGRATIONS_TABLE,
+        metadata,
+        sa.Column("id", id_type(), primary_key=True, autoincrement=True),
+        sa.Column("applied_at", UTCDateTime(), nullable=False),
+        sa.Column("applied_by", sa.String(200), nullable=True),
+        sa.Column("manifest_hash", sa.String(64), nullable=False),
+        sa.Column("manifest", sa.Text(), nullable=False),
+        sa.Column("summary", sa.Text(), nullable=False),
+        sa.Column("loom_version", sa.String(40), nullable=False),
+    )

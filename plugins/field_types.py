@@ -1,0 +1,504 @@
+"""The built-in field types, registered through the ``loom_field_types`` hook (trylast)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import re
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import phonenumbers
+import sqlalchemy as sa
+from email_validator import EmailNotValidError, validate_email
+from pydantic import Field as PydanticField
+
+from loomcrm.engine.fieldtypes import FieldType, FieldValueError
+from loomcrm.engine.hookspecs import hookimpl
+from loomcrm.generators.tables import JSONValue, UTCDateTime, id_type
+
+__all__ = ["BUILTIN_TYPES", "loom_field_types"]
+
+INT64 = (-(2**63), 2**63 - 1)
+TRUE_WORDS = {"true", "1", "yes", "y", "on"}
+FALSE_WORDS = {"false", "0", "no", "n", "off"}
+
+
+def _bad(code: str, message: str) -> FieldValueError:
+    return FieldValueError(code, message)
+
+
+def _check_range(field, value):
+    if field.min is not None and value < field.min:
+        raise _bad("min", f"must be at least {field.min}")
+    if field.max is not None and value > field.max:
+        raise _bad("max", f"must be at most {field.max}")
+    return value
+
+
+class StringType(FieldType):
+    name = "string"
+    options = frozenset({"max_length", "pattern"})
+    filter_ops = frozenset({"eq", "ne", "in", "contains", "startswith", "lt", "lte", "gt", "gte", "isnull"})
+    default_length = 255
+
+    def params(self, spec, app):
+        return {"max_length": spec.max_length or self.default_length}
+
+    def check(self, spec, params):
+        if spec.pattern is not None:
+            try:
+                re.compile(spec.pattern)
+            except re.error as exc:
+                return [("pattern", "E129", f"invalid regular expression: {exc}", None)]
+        return []
+
+    def column_type(self, field):
+        return sa.String(field.params["max_length"])
+
+    def python_type(self, field):
+        return Annotated[str, PydanticField(max_length=field.params.get("max_length"), pattern=field.pattern)]
+
+    def parse(self, field, value):
+        if not isinstance(value, str):
+            raise _bad("type", "must be text")
+        limit = field.params.get("max_length")
+        if limit and len(value) > limit:
+            raise _bad("max_length", f"must be at most {limit} characters (got {len(value)})")
+        if field.pattern and not re.search(field.pattern, value):
+            raise _bad("pattern", f"must match the pattern {field.pattern}")
+        return value
+
+
+class TextType(StringType):
+    name = "text"
+    sortable = False
+
+    def params(self, spec, app):
+        return {"max_length": spec.max_length} if spec.max_length else {}
+
+    def column_type(self, field):
+        return sa.Text()
+
+
+class IntegerType(FieldType):
+    name = "integer"
+    options = frozenset({"min", "max"})
+    filter_ops = frozenset({"eq", "ne", "in", "lt", "lte", "gt", "gte", "isnull"})
+
+    def bound(self, raw):
+        if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+            raise ValueError(raw)
+        return int(raw)
+
+    def check(self, spec, params):
+        return _check_min_max(self, spec)
+
+    def column_type(self, field):
+        return sa.BigInteger()
+
+    def python_type(self, field):
+        lo = field.min if field.min is not None else INT64[0]
+        hi = field.max if field.max is not None else INT64[1]
+        return Annotated[int, PydanticField(ge=lo, le=hi)]
+
+    def parse(self, field, value):
+        if isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d{1,19}\s*", value):
+            value = int(value)
+        elif isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise _bad("type", "must be a whole number")
+        if not INT64[0] <= value <= INT64[1]:
+            raise _bad("max", "is out of the 64-bit range")
+        return _check_range(field, value)
+
+
+class DecimalType(FieldType):
+    name = "decimal"
+    options = frozenset({"min", "max", "precision", "scale"})
+    filter_ops = IntegerType.filter_ops
+    default_precision, default_scale = 18, 2
+
+    def params(self, spec, app):
+        return {
+            "precision": spec.precision or self.default_precision,
+            "scale": spec.scale if spec.scale is not None else self.default_scale,
+        }
+
+    def check(self, spec, params):
+        if params["scale"] > params["precision"]:
+            return [("scale", "E129", "scale cannot exceed precision", "lower scale or raise precision")]
+        return _check_min_max(self, spec)
+
+    def bound(self, raw):
+        return decimal.Decimal(str(raw))
+
+    def column_type(self, field):
+        return sa.Numeric(field.params["precision"], field.params["scale"], asdecimal=True)
+
+    def python_type(self, field):
+        return Annotated[str, PydanticField(pattern=r"^-?\d+(\.\d+)?$", examples=["1250.00"])]
+
+    def parse(self, field, value):
+        if isinstance(value, bool):
+            raise _bad("type", "must be a number")
+        try:
+            number = decimal.Decimal(str(value).strip()) if isinstance(value, str | int | float) else value
+        except decimal.InvalidOperation:
+            raise _bad("type", "must be a number, e.g. 1250.00") from None
+        if not isinstance(number, decimal.Decimal) or not number.is_finite():
+            raise _bad("type", "must be a finite number")
+        scale, precision = field.params["scale"], field.params["precision"]
+        exponent = number.as_tuple().exponent
+        if isinstance(exponent, int) and -exponent > scale and number != number.quantize(decimal.Decimal(1).scaleb(-scale)):
+            raise _bad("scale", f"must have at most {scale} decimal places")
+        number = number.quantize(decimal.Decimal(1).scaleb(-scale))
+        if len(number.as_tuple().digits) > precision:
+            raise _bad("precision", f"must have at most {precision - scale} digits before the decimal point")
+        return _check_range(field, number)
+
+    def dump(self, field, value):
+        return None if value is None else str(value)
+
+
+class MoneyType(DecimalType):
+    name = "money"
+    options = DecimalType.options | {"currency"}
+
+    def params(self, spec, app):
+        return {**super().params(spec, app), "currency": (spec.currency or "").upper() or None}
+
+    def check(self, spec, params):
+        problems = super().check(spec, params)
+        if spec.currency is not None and not re.fullmatch(r"[A-Za-z]{3}", spec.currency):
+            problems.append(("currency", "E129", f"'{spec.currency}' is not an ISO 4217 code", "e.g. EUR, USD, CNY"))
+        return problems
+
+
+class BooleanType(FieldType):
+    name = "boolean"
+    filter_ops = frozenset({"eq", "ne", "isnull"})
+
+    def column_type(self, field):
+        return sa.Boolean()
+
+    def python_type(self, field):
+        return bool
+
+    def parse(self, field, value):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in TRUE_WORDS | FALSE_WORDS:
+            return value.strip().lower() in TRUE_WORDS
+        raise _bad("type", "must be true or false")
+
+
+class DateType(FieldType):
+    name = "date"
+    options = frozenset({"min", "max"})
+    filter_ops = IntegerType.filter_ops
+
+    def check(self, spec, params):
+        return _check_min_max(self, spec)
+
+    def bound(self, raw):
+        return self.parse_plain(raw)
+
+    def column_type(self, field):
+        return sa.Date()
+
+    def python_type(self, field):
+        return dt.date
+
+    def parse_plain(self, value):
+        if isinstance(value, dt.datetime):
+            raise _bad("type", "must be a date without time, e.g. 2024-01-05")
+        if isinstance(value, dt.date):
+            return value
+        if isinstance(value, str):
+            try:
+                return dt.date.fromisoformat(value.strip())
+            except ValueError:
+                pass
+        raise _bad("type", "must be a date in ISO form, e.g. 2024-01-05")
+
+    def parse(self, field, value):
+        return _check_range(field, self.parse_plain(value))
+
+    def dump(self, field, value):
+        return None if value is None else value.isoformat()
+
+
+class DateTimeType(DateType):
+    name = "datetime"
+
+    def column_type(self, field):
+        return UTCDateTime()
+
+    def python_type(self, field):
+        return dt.datetime
+
+    def parse_plain(self, value):
+        if isinstance(value, str):
+            text = value.strip()
+            try:
+                value = dt.datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
+            except ValueError:
+                raise _bad("type", "must be a date and time in ISO form, e.g. 2024-01-05T09:30:00+08:00") from None
+        if not isinstance(value, dt.datetime):
+            raise _bad("type", "must be a date and time in ISO form, e.g. 2024-01-05T09:30:00+08:00")
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.UTC)  # naive input is taken as UTC
+        return value.astimezone(dt.UTC)
+
+    def dump(self, field, value):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.UTC)
+        return value.isoformat().replace("+00:00", "Z")
+
+
+class EnumType(FieldType):
+    name = "enum"
+    options = frozenset({"options"})
+    filter_ops = frozenset({"eq", "ne", "in", "isnull"})
+
+    def params(self, spec, app):
+        locales = app.locales
+        result = []
+        for opt in spec.options or []:
+            if isinstance(opt, str):
+                result.append({"value": opt, "label": {loc: opt for loc in locales}})
+            else:
+                label = opt.label if opt.label is not None else opt.value
+                label = {loc: label for loc in locales} if isinstance(label, str) else dict(label)
+                result.append({"value": opt.value, "label": label})
+        return {"options": result}
+
+    def check(self, spec, params):
+        values = [o["value"] for o in params["options"]]
+        if not values:
+            return [("options", "E128", f"{self.name} needs at least one option", "options: [new, won, lost]")]
+        dupes = sorted({v for v in values if values.count(v) > 1})
+        if dupes:
+            return [("options", "E128", f"duplicate options: {', '.join(dupes)}", None)]
+        if any(len(v) > 255 or not v.strip() for v in values):
+            return [("options", "E128", "option values must be 1 to 255 characters", None)]
+        return []
+
+    def values(self, field):
+        return [o["value"] for o in field.params["options"]]
+
+    def column_type(self, field):
+        return sa.String(255)
+
+    def python_type(self, field):
+        return Literal[tuple(self.values(field))]
+
+    def parse(self, field, value):
+        allowed = self.values(field)
+        if value not in allowed:
+            shown = ", ".join(allowed[:10]) + (", ..." if len(allowed) > 10 else "")
+            raise _bad("option", f"'{value}' is not one of the options: {shown}")
+        return value
+
+
+class MultiEnumType(EnumType):
+    name = "multi_enum"
+    filter_ops = frozenset({"contains", "isnull"})
+    sortable = False
+
+    def column_type(self, field):
+        return JSONValue()
+
+    def python_type(self, field):
+        return list[Literal[tuple(self.values(field))]]
+
+    def parse(self, field, value):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise _bad("type", "must be a list of options")
+        chosen = []
+        for item in value:
+            item = super().parse(field, item)
+            if item not in chosen:
+                chosen.append(item)
+        return chosen
+
+
+class EmailType(StringType):
+    name = "email"
+    options = frozenset()
+    default_length = 254
+
+    def python_type(self, field):
+        return Annotated[str, PydanticField(max_length=254, examples=["ada@example.com"])]
+
+    def params(self, spec, app):
+        return {"max_length": 254}
+
+    def parse(self, field, value):
+        if not isinstance(value, str):
+            raise _bad("type", "must be text")
+        try:
+            return validate_email(value.strip(), check_deliverability=False).normalized
+        except EmailNotValidError as exc:
+            raise _bad("email", f"is not a valid email address: {exc}") from None
+
+
+class PhoneType(StringType):
+    name = "phone"
+    options = frozenset()
+
+    def params(self, spec, app):
+        return {"max_length": 32, "region": app.phone_region}
+
+    def python_type(self, field):
+        return Annotated[str, PydanticField(max_length=32, examples=["+8613812345678"])]
+
+    def parse(self, field, value):
+        if not isinstance(value, str):
+            raise _bad("type", "must be text")
+        region = field.params.get("region")
+        try:
+            number = phonenumbers.parse(value, region)
+        except phonenumbers.NumberParseException:
+            hint = "" if region else " (write it with its country code, e.g. +49 30 1234567)"
+            raise _bad("phone", f"is not a phone number{hint}") from None
+        if not phonenumbers.is_valid_number(number):
+            raise _bad("phone", "is not a valid phone number for its country")
+        return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+class UrlType(StringType):
+    name = "url"
+    options = frozenset()
+
+    def params(self, spec, app):
+        return {"max_length": 2048}
+
+    def python_type(self, field):
+        return Annotated[str, PydanticField(max_length=2048, examples=["https://example.com"])]
+
+    def parse(self, field, value):
+        value = super().parse(field, value).strip()
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc or " " in value:
+            raise _bad("url", "must be an http or https address, e.g. https://example.com")
+        return value
+
+
+class JSONType(FieldType):
+    name = "json"
+    filter_ops = frozenset({"isnull"})
+    sortable = False
+
+    def column_type(self, field):
+        return JSONValue()
+
+    def python_type(self, field):
+        return Any
+
+
+class RefType(FieldType):
+    """Many-to-one: a column ``<field>_id`` holding the id of a record of ``to``."""
+
+    name = "ref"
+    options = frozenset({"to", "on_delete", "related_name"})
+    filter_ops = frozenset({"eq", "ne", "in", "isnull"})
+
+    def params(self, spec, app):
+        return {"to": spec.to, "on_delete": spec.on_delete or "restrict", "related_name": spec.related_name}
+
+    def check(self, spec, params):
+        if not spec.to:
+            return [("type", "E111", "a ref field needs 'to: <entity>'", None)]
+        if params["on_delete"] == "set_null" and spec.required:
+            return [("on_delete", "E129", "on_delete: set_null cannot be used on a required field",
+                     "use restrict or cascade, or drop required")]
+        return []
+
+    def column_name(self, field):
+        return f"{field.name}_id"
+
+    def column_type(self, field):
+        return id_type()
+
+    def python_type(self, field):
+        return Annotated[int, PydanticField(ge=1, le=INT64[1])]
+
+    def parse(self, field, value):
+        if isinstance(value, dict) and "id" in value:
+            value = value["id"]
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= INT64[1]:
+            raise _bad("type", f"must be the id (a positive whole number) of a {field.params['to']}")
+        return value
+
+
+class RefsType(RefType):
+    """Many-to-many: a generated join table; the API reads and writes a list of ids."""
+
+    name = "refs"
+    options = frozenset({"to", "related_name"})
+    filter_ops = frozenset()
+    sortable = False
+    has_column = False
+
+    def params(self, spec, app):
+        return {"to": spec.to, "related_name": spec.related_name}
+
+    def check(self, spec, params):
+        problems = [] if spec.to else [("type", "E111", "a refs field needs 'to: <entity>'", None)]
+        if spec.unique:
+            problems.append(("unique", "E126", "unique does not apply to a refs field", None))
+        return problems
+
+    def column_name(self, field):
+        return None
+
+    def python_type(self, field):
+        return list[Annotated[int, PydanticField(ge=1, le=INT64[1])]]
+
+    def parse(self, field, value):
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise _bad("type", f"must be a list of {field.params['to']} ids")
+        ids = []
+        for item in value:
+            item = super().parse(field, item)
+            if item not in ids:
+                ids.append(item)
+        return ids
+
+
+def _check_min_max(field_type, spec):
+    problems, bounds = [], {}
+    for key in ("min", "max"):
+        raw = getattr(spec, key)
+        if raw is None:
+            continue
+        try:
+            bounds[key] = field_type.bound(raw)
+        except (ValueError, TypeError, decimal.InvalidOperation):
+            problems.append((key, "E112", f"{key} {raw!r} does not fit a {spec.type} field", None))
+    if len(bounds) == 2 and bounds["min"] > bounds["max"]:
+        problems.append(("min", "E129", "min is greater than max", "swap them"))
+    return problems
+
+
+BUILTIN_TYPES: tuple[FieldType, ...] = (
+    StringType(), TextType(), IntegerType(), DecimalType(), MoneyType(), BooleanType(), DateType(),
+    DateTimeType(), EnumType(), MultiEnumType(), EmailType(), PhoneType(), UrlType(), JSONType(),
+    RefType(), RefsType(),
+)
+
+
+@hookimpl(trylast=True)
+def loom_field_types():
+    return list(BUILTIN_TYPES)

@@ -1,0 +1,89 @@
+"""Spec models for entities and their fields (``entities:`` in any config file).
+
+The models mirror the YAML and check only its *shape*. Meaning (does a ref target exist, is an
+option valid for the field's type) is checked by the compiler, which sees the whole config.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["EntitySpec", "FieldSpec", "IndexSpec", "Label", "OptionSpec"]
+
+#: Text a person reads: either one string, or one string per locale (``{en: Account, zh: 客户}``).
+Label = str | dict[str, str]
+
+
+class SpecModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OptionSpec(SpecModel):
+    """One choice of an ``enum`` or ``multi_enum`` field, when it needs labels of its own."""
+
+    value: str = Field(description="Stored value; any Unicode text (e.g. 在售).")
+    label: Label | None = Field(None, description="Shown instead of the value; plain or per locale.")
+
+
+class FieldSpec(SpecModel):
+    """One field of an entity. ``type`` decides which of the other options apply."""
+
+    type: str = Field(
+        description=(
+            "Field type: string, text, integer, decimal, money, boolean, date, datetime, enum, "
+            "multi_enum, email, phone, url, json, ref (many-to-one), refs (many-to-many), "
+            "or a type a plugin registers."
+        ),
+        examples=["string", "ref", "enum"],
+    )
+    label: Label | None = Field(None, description="Shown in forms and API docs; plain or per locale.")
+    help: Label | None = Field(None, description="Help text shown beside the input.")
+    required: bool = Field(False, description="A value must be given (NOT NULL).")
+    unique: bool = Field(False, description="No two records may share a value.")
+    indexed: bool = Field(False, description="Create a database index on this field.")
+    read_only: bool = Field(False, description="Set by defaults or plugins only; never by API input.")
+    default: Any = Field(
+        None, description="Literal value, or `now` (datetime), `today` (date), `current_user`."
+    )
+    min: float | int | str | None = Field(None, description="Smallest allowed value (numbers, dates).")
+    max: float | int | str | None = Field(None, description="Largest allowed value (numbers, dates).")
+    pattern: str | None = Field(None, description="Regular expression a text value must match.")
+    max_length: int | None = Field(None, ge=1, le=10485760, description="string: most characters.")
+    precision: int | None = Field(None, ge=1, le=38, description="decimal/money: total digits.")
+    scale: int | None = Field(None, ge=0, le=38, description="decimal/money: digits after the point.")
+    currency: str | None = Field(None, description="money: ISO 4217 code, e.g. EUR.")
+    options: list[str | OptionSpec] | None = Field(None, description="enum/multi_enum: the choices.")
+    to: str | None = Field(None, description="ref/refs: the target entity.")
+    on_delete: Literal["restrict", "cascade", "set_null"] | None = Field(
+        None, description="ref: what happens to this record when the target is deleted."
+    )
+    related_name: str | None = Field(
+        None, description="ref/refs: name of the reverse list on the target (default: this entity's plural)."
+    )
+
+
+class IndexSpec(SpecModel):
+    """An index over one or more fields."""
+
+    fields: list[str] = Field(min_length=1)
+    unique: bool = False
+    name: str | None = Field(None, description="Index name; generated from the naming convention if omitted.")
+
+
+class EntitySpec(SpecModel):
+    """One kind of record: a table, an API resource and (later) forms."""
+
+    label: Label | None = Field(None, description="Singular name shown to people; plain or per locale.")
+    plural: str | None = Field(
+        None, description="snake_case plural used in URLs (`/api/<plural>`); default: English plural."
+    )
+    plural_label: Label | None = Field(None, description="Plural name shown to people.")
+    title: str | None = Field(None, description="The field that names a record (in lists, pickers, links).")
+    description: str | None = None
+    fields: dict[str, FieldSpec] = Field(default_factory=dict)
+    indexes: list[IndexSpec] = Field(default_factory=list)
+    unique_together: list[list[str]] = Field(
+        default_factory=list, description="Groups of fields whose combined values must be unique."
+    )

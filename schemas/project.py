@@ -1,0 +1,44 @@
+"""Spec models for the project file ``loom.yaml`` and the shape every config file shares."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from .entity import EntitySpec, SpecModel
+
+__all__ = ["AppSpec", "ConfigFileSpec", "DatabaseSpec", "PROJECT_ONLY_KEYS"]
+
+
+class AppSpec(SpecModel):
+    """Who the CRM is for and how it speaks."""
+
+    name: str = Field(description="Application name, shown in the API docs and the admin app.")
+    locales: list[str] = Field(default_factory=lambda: ["en"], min_length=1, description="First is default.")
+    timezone: str = Field("UTC", description="IANA time zone for `today` and reports.")
+    phone_region: str | None = Field(
+        None, description="ISO 3166 region for phone numbers written without a country code (e.g. CN, DE)."
+    )
+
+
+class DatabaseSpec(SpecModel):
+    url: str = Field(
+        "sqlite:///loom.db",
+        description=(
+            "SQLAlchemy URL. Relative SQLite paths are relative to loom.yaml. "
+            "The LOOM_DATABASE_URL environment variable overrides it."
+        ),
+    )
+
+
+class ConfigFileSpec(SpecModel):
+    """Any Loom config file. Only the project file (loom.yaml) may set app, include, database, plugins."""
+
+    app: AppSpec | None = None
+    include: list[str] = Field(default_factory=list, description="Glob patterns, relative to loom.yaml.")
+    database: DatabaseSpec | None = None
+    plugins: list[str] = Field(default_factory=list, description="Python modules or entry-point names.")
+    entities: dict[str, EntitySpec] = Field(default_factory=dict)
+
+
+#: Keys that mean something only in the project file.
+PROJECT_ONLY_KEYS = ("app", "include", "database", "plugins")
