@@ -2,13 +2,15 @@
 and ``/api/<plural>/{id}/<relation>`` for every related list.
 
 Handlers are thin: they turn HTTP into calls on :class:`~loomcrm.engine.runtime.pipeline.Records`.
-Their annotations are the generated I/O models, so litestar's OpenAPI document is per entity.
+Their annotations are the generated I/O models, so litestar's OpenAPI document is per entity; request
+bodies are marked ``SkipValidation`` because the pipeline validates them (one validator for every
+channel, with Loom's own error codes).
 """
 
 from typing import Annotated, Any
 
 from litestar import Request, Response, Router, delete, get, patch, post
-from litestar.params import Parameter
+from litestar.params import FromPath, HeaderParameter, JSONBody, Parameter, SkipValidation
 
 from loomcrm.engine.errors import Problem
 from loomcrm.engine.manifest import Entity, text_for
@@ -36,7 +38,7 @@ ListParams = {
     "count": Annotated[str | None, Parameter(description="Also return the total number of matches.",
                                              schema_extra={"type": "boolean"})],
 }
-IfMatch = Annotated[str | None, Parameter(header="If-Match", description="The record's version, as in its ETag.")]
+IfMatch = Annotated[str | None, HeaderParameter(name="If-Match", description="The record's version, as in its ETag.")]
 
 
 def api_context(request: Request) -> Context:
@@ -84,7 +86,7 @@ def entity_router(records: Records, entity: Entity, all_models: dict[str, Entity
         return records.list(entity, query, api_context(request))
 
     def create_record(request: Request, data: Any) -> Any:
-        record = records.create(entity, data.model_dump(exclude_unset=True), api_context(request))
+        record = records.create(entity, data, api_context(request))
         return Response(record, status_code=201,
                         headers={"Location": f"/api/{plural}/{record['id']}", "ETag": f'"{record["version"]}"'})
 
@@ -95,8 +97,11 @@ def entity_router(records: Records, entity: Entity, all_models: dict[str, Entity
         return Response(record, headers={"ETag": f'"{record["version"]}"'} if "version" in record else {})
 
     def patch_record(request: Request, record_id: int, data: Any, if_match: Any = None) -> Any:
-        changes = data.model_dump(exclude_unset=True)
-        version = changes.pop("version", None)
+        changes = dict(data) if isinstance(data, dict) else data
+        version = changes.pop("version", None) if isinstance(changes, dict) else None
+        if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version < 1):
+            raise Problem(422, "Validation failed", errors=[
+                {"field": "version", "code": "type", "message": "version must be a positive whole number"}])
         header_version = parse_if_match(if_match)
         if version is not None and header_version is not None and version != header_version:
             raise Problem(400, "Conflicting versions", detail="version in the body and If-Match differ")
@@ -116,15 +121,15 @@ def entity_router(records: Records, entity: Entity, all_models: dict[str, Entity
         get("/", summary=f"List {tag}", description=FILTER_HELP, **opts)(
             _typed(list_records, {"request": Request, **ListParams, "return": models.page})),
         post("/", summary=f"Create a {text_for(entity.label)}", status_code=201, **opts)(
-            _typed(create_record, {"request": Request, "data": models.create, "return": Response[models.record]})),
+            _typed(create_record, {"request": Request, "data": SkipValidation[JSONBody[models.create]], "return": Response[models.record]})),
         get("/{record_id:int}", summary=f"Get a {text_for(entity.label)}", **opts)(
-            _typed(get_record, {"request": Request, "record_id": int, "fields": ListParams["fields"],
+            _typed(get_record, {"request": Request, "record_id": FromPath[int], "fields": ListParams["fields"],
                                 "expand": ListParams["expand"], "return": Response[models.record]})),
         patch("/{record_id:int}", summary=f"Change a {text_for(entity.label)}", **opts)(
-            _typed(patch_record, {"request": Request, "record_id": int, "data": models.update,
+            _typed(patch_record, {"request": Request, "record_id": FromPath[int], "data": SkipValidation[JSONBody[models.update]],
                                   "if_match": IfMatch, "return": Response[models.record]})),
         delete("/{record_id:int}", summary=f"Delete a {text_for(entity.label)}", **opts)(
-            _typed(delete_record, {"request": Request, "record_id": int, "version": Version,
+            _typed(delete_record, {"request": Request, "record_id": FromPath[int], "version": Version,
                                    "if_match": IfMatch, "return": None})),
     ]
     for relation in entity.relations.values():
@@ -142,4 +147,4 @@ def _related_handler(records: Records, entity: Entity, relation, page, opts):
 
     return get(f"/{{record_id:int}}/{relation.name}", summary=f"{text_for(child.plural_label)} of a "
                f"{text_for(entity.label)}", description=FILTER_HELP, name=f"{entity.name}.{relation.name}", **opts)(
-        _typed(list_related, {"request": Request, "record_id": int, **ListParams, "return": page}))
+        _typed(list_related, {"request": Request, "record_id": FromPath[int], **ListParams, "return": page}))

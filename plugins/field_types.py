@@ -344,7 +344,8 @@ class EmailType(StringType):
         if not isinstance(value, str):
             raise _bad("type", "must be text")
         try:
-            return validate_email(value.strip(), check_deliverability=False).normalized
+            # the whole address is lower-cased: mail systems treat it so, and duplicates must match
+            return validate_email(value.strip(), check_deliverability=False).normalized.lower()
         except EmailNotValidError as exc:
             raise _bad("email", f"is not a valid email address: {exc}") from None
 

@@ -199,6 +199,9 @@ class Records:
                 values[name] = field.field_type.parse(field, value)
             except FieldValueError as exc:
                 errors.append(_error(name, exc.code, exc.message))
+        if not partial:
+            errors += [_error(f.name, "required", "is required") for f in entity.user_fields
+                       if f.required and f.name not in data and f.default is None and f.dynamic_default is None]
         if errors:
             raise invalid(errors)
         return values
@@ -273,9 +276,11 @@ class Records:
         blockers = []
         with self.reading() as conn:
             for relation in entity.relations.values():
+                if relation.kind != "one_to_many":
+                    continue  # link rows always cascade
                 child = self.manifest.entities[relation.entity]
                 field = child.fields[relation.field]
-                if relation.kind == "one_to_many" and field.params.get("on_delete") == "restrict":
+                if field.params.get("on_delete") == "restrict":
                     count = self.store.count_referencing(conn, child, field, record_id)
                     if count:
                         blockers.append(f"{count} {child.name} record(s) via {child.name}.{field.name}")
