@@ -31,9 +31,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import sqlalchemy as sa
+from drivers import LIST_PATH, SCENARIOS, Result, create_body, python_load, wrk_load
 from sqlalchemy.engine import make_url
-
-from load import SCENARIOS, Result, python_load, wrk_load
 
 BENCH = Path(__file__).resolve().parent
 PROJECT = BENCH.parent / "examples" / "sales"
@@ -195,8 +194,6 @@ def call(port: int, path: str, body: dict | None = None) -> tuple[int, dict]:
 
 def sanity_check(ports: dict[str, int], ids: tuple[int, int]) -> None:
     """Both apps must give the same answers, or the comparison means nothing."""
-    from load import LIST_PATH, create_body
-
     loom, base = ports["loom"], ports["baseline"]
     for path in (LIST_PATH, f"/api/accounts/{ids[1]}"):
         a, b = call(loom, path), call(base, path)
@@ -229,6 +226,18 @@ def report(sync: str, results: dict[str, dict[str, Result]]) -> None:
     print(f"target: Loom/baseline >= {TARGET} (LOW marks a miss)")
 
 
+def measure(wrk: str | None, port: int, scenario: str, ids: tuple[int, int], args, tmp: Path,
+            cpu: int | None) -> Result:
+    """Warm up, then measure one scenario against one server."""
+    result = None
+    for seconds in (args.warmup, args.duration):
+        if seconds > 0:
+            result = wrk_load(wrk, port, scenario, ids, args.connections, seconds, tmp, cpu) if wrk else \
+                python_load(port, scenario, ids, args.connections, seconds)
+    assert result is not None, "--duration must be positive"
+    return result
+
+
 def main() -> None:
     args = parse_args()
     scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
@@ -259,16 +268,8 @@ def main() -> None:
                 for scenario in scenarios:
                     results[scenario] = {}
                     for name, port in ports.items():
-                        if wrk:
-                            run = lambda seconds, p=port: wrk_load(wrk, p, scenario, ids, args.connections,  # noqa: E731
-                                                                   seconds, tmp, driver_cpu)
-                        else:
-                            run = lambda seconds, p=port: python_load(p, scenario, ids, args.connections, seconds)  # noqa: E731
-                        if args.warmup > 0:
-                            run(args.warmup)
-                        results[scenario][name] = run(args.duration)
-                        print(f"  sync_to_thread={sync} {scenario:<7} {name:<9} {results[scenario][name].rps:8.0f} req/s",
-                              flush=True)
+                        results[scenario][name] = r = measure(wrk, port, scenario, ids, args, tmp, driver_cpu)
+                        print(f"  sync_to_thread={sync} {scenario:<7} {name:<9} {r.rps:8.0f} req/s", flush=True)
             report(sync, results)
 
 

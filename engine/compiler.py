@@ -8,31 +8,35 @@ from __future__ import annotations
 
 import os
 import re
+import zoneinfo
+from dataclasses import replace
 from typing import Any
 
+import phonenumbers
 import pluggy
+from sqlalchemy import exc as sa_exc
 
 from loomcrm.schemas import EntitySpec, FieldSpec
 
-from .database import resolve_database_url
+from .database import ENV_DATABASE_URL, resolve_database_url
 from .errors import ConfigError, ConfigErrors, did_you_mean
 from .fieldtypes import COMMON_OPTIONS, FieldType, FieldValueError
 from .loader import LoadedConfig
-from .manifest import SYSTEM_FIELDS, Entity, Field, Index, Manifest, Relation
-from .plugins import field_types, make_plugin_manager
-
-__all__ = ["compile_manifest", "compile_project", "IDENTIFIER", "RESERVED_ENTITY_NAMES"]
-
-IDENTIFIER = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
-MAX_IDENTIFIER = 48
-#: Entity names Loom keeps for itself (system entities, SQL keywords that make poor table names).
-RESERVED_ENTITY_NAMES = frozenset(
-    {"user", "team", "role", "session", "token", "audit", "all", "and", "or", "not", "select", "from",
-     "where", "table", "order", "group", "by", "limit", "offset", "join", "union", "check", "column",
-     "constraint", "default", "primary", "foreign", "references", "index", "create", "drop", "alter",
-     "grant", "having", "case", "when", "then", "else", "end", "null", "true", "false", "schema", "api"}
+from .manifest import SYSTEM_FIELDS, Entity, Field, Index, Manifest, Relation, localized
+from .names import (
+    MAX_TABLE_NAME,
+    RESERVED_ENTITY_NAMES,
+    RESERVED_FIELD_NAMES,
+    check_identifier,
+    humanize,
+    pluralize,
 )
-RESERVED_FIELD_NAMES = frozenset(SYSTEM_FIELDS)
+from .plugins import field_types, make_plugin_manager
+from .validation import describe_path
+
+__all__ = ["compile_manifest", "compile_project"]
+
+LOCALE = re.compile(r"^[a-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
 DYNAMIC_DEFAULTS = {"now": ("datetime",), "today": ("date", "datetime"), "current_user": ("integer", "ref")}
 
 
@@ -53,6 +57,7 @@ def compile_manifest(loaded: LoadedConfig, pm: pluggy.PluginManager) -> Manifest
     errors: list[ConfigError] = []
     app = loaded.project.app
     assert app is not None
+    _check_app(loaded, errors)
     types = field_types(pm)
     entities: dict[str, Entity] = {}
     plurals: dict[str, str] = {}
@@ -65,12 +70,20 @@ def compile_manifest(loaded: LoadedConfig, pm: pluggy.PluginManager) -> Manifest
         plurals[entity.plural] = name
         entities[name] = entity
     _check_refs(loaded, entities, errors)
+    _check_index_names(loaded, errors)
     if not errors:
         entities = _add_relations(loaded, entities, errors)
+    database = loaded.project.database
+    url = ""
+    try:
+        url = resolve_database_url(database.url if database else None, loaded.project_dir)
+    except sa_exc.ArgumentError:
+        errors.append(ConfigError(
+            loaded.project_source.where(("database", "url")), "E112",
+            f"the database URL is not one SQLAlchemy can read (from 'database.url' or ${ENV_DATABASE_URL})",
+            "e.g. sqlite:///crm.db or postgresql+psycopg://user:password@host/crm"))
     if errors:
         raise ConfigErrors(errors)
-    database = loaded.project.database
-    url = resolve_database_url(database.url if database else None, loaded.project_dir)
     return Manifest(
         app_name=app.name,
         locales=tuple(app.locales),
@@ -82,50 +95,63 @@ def compile_manifest(loaded: LoadedConfig, pm: pluggy.PluginManager) -> Manifest
     )
 
 
+def _check_app(loaded: LoadedConfig, errors: list[ConfigError]) -> None:
+    """What the runtime relies on: a real time zone, a known phone region, distinct language tags."""
+    app = loaded.project.app
+    where = loaded.project_source.where
+    try:
+        zoneinfo.ZoneInfo(app.timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        errors.append(ConfigError(where(("app", "timezone")), "E112",
+                                  f"'app.timezone' is not an IANA time zone (got {app.timezone!r})",
+                                  did_you_mean(app.timezone, zoneinfo.available_timezones())
+                                  or "e.g. Europe/Berlin, Asia/Shanghai or UTC"))
+    region = app.phone_region
+    if region is not None and region not in phonenumbers.SUPPORTED_REGIONS:
+        hint = (f"write it in capitals: {region.upper()}" if region.upper() in phonenumbers.SUPPORTED_REGIONS
+                else "use a two-letter ISO 3166 region code, e.g. CN, DE or US")
+        errors.append(ConfigError(where(("app", "phone_region")), "E112",
+                                  f"'app.phone_region' is not a phone number region (got {region!r})", hint))
+    for i, locale in enumerate(app.locales):
+        if not LOCALE.match(locale):
+            errors.append(ConfigError(where(("app", "locales", i)), "E112",
+                                      f"'app.locales[{i}]' is not a language tag (got {locale!r})",
+                                      "e.g. en, zh, de or pt-BR"))
+        elif locale in app.locales[:i]:
+            errors.append(ConfigError(where(("app", "locales", i)), "E123",
+                                      f"locale '{locale}' is listed twice in 'app.locales'", "list each once"))
+
+
 def _err(loaded, entity, path, code, message, hint=None, *, key=True) -> ConfigError:
     return ConfigError(loaded.where(entity, *path, key=key), code, message, hint)
 
 
-def _check_identifier(loaded, entity, path, name, kind, reserved, errors) -> None:
-    if not IDENTIFIER.match(name) or len(name) > MAX_IDENTIFIER:
-        suggestion = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "name"
-        if suggestion[:1].isdigit():
-            suggestion = f"x_{suggestion}"
-        errors.append(_err(loaded, entity, path, "E121",
-                           f"{kind} name '{name}' must be snake_case ASCII (a-z, 0-9, _), "
-                           f"start with a letter and have at most {MAX_IDENTIFIER} characters",
-                           f"try '{suggestion[:MAX_IDENTIFIER]}'; put any other text in 'label:'"))
-    elif name in reserved or name.startswith("loom_"):
-        errors.append(_err(loaded, entity, path, "E122", f"{kind} name '{name}' is reserved",
-                           f"choose another name, e.g. '{name}_1' or a more specific one"))
+def _identifier(loaded, entity, path, name, kind, reserved, errors, *, owner: str = "") -> None:
+    problem = check_identifier(name, kind, reserved, owner=owner)
+    if problem:
+        errors.append(_err(loaded, entity, path, *problem))
 
 
-def _label(value: Any, fallback: str, locales: list[str]) -> dict[str, str]:
-    if value is None:
-        value = fallback
-    if isinstance(value, str):
-        return {locales[0]: value}
-    return dict(value)
-
-
-def humanize(name: str) -> str:
-    return name.replace("_", " ").capitalize()
-
-
-def pluralize(name: str) -> str:
-    if re.search(r"[^aeiou]y$", name):
-        return name[:-1] + "ies"
-    if re.search(r"(s|x|z|ch|sh)$", name):
-        return name + "es"
-    return name + "s"
+def _label(loaded, entity, path, value: Any, fallback: str, locales: list[str], errors) -> dict[str, str]:
+    """The text in every app locale; a locale the app does not have is an error (often a typo)."""
+    if isinstance(value, dict):
+        for locale in value:
+            if locale not in locales:
+                errors.append(_err(loaded, entity, (*path, locale), "E110",
+                                   f"unknown locale '{locale}' in {describe_path(('entities', entity, *path))}",
+                                   f"{did_you_mean(locale, locales) or 'remove it, or add it to app.locales'} "
+                                   f"(the app's locales: {', '.join(locales)})"))
+    return localized(value, locales, fallback)
 
 
 def _compile_entity(loaded, name, spec: EntitySpec, types, app, errors) -> Entity:
     locales = list(app.locales)
-    _check_identifier(loaded, name, (), name, "entity", RESERVED_ENTITY_NAMES, errors)
+    _identifier(loaded, name, (), name, "entity", RESERVED_ENTITY_NAMES, errors)
     plural = spec.plural or pluralize(name)
     if spec.plural:
-        _check_identifier(loaded, name, ("plural",), plural, "plural", RESERVED_ENTITY_NAMES, errors)
+        _identifier(loaded, name, ("plural",), plural, "plural", RESERVED_ENTITY_NAMES, errors)
+    label = _label(loaded, name, ("label",), spec.label, humanize(name), locales, errors)
+    plural_label = _label(loaded, name, ("plural_label",), spec.plural_label, humanize(plural), locales, errors)
 
     fields: dict[str, Field] = {"id": _system_field("id", types, locales)}
     columns: dict[str, str] = {}
@@ -147,52 +173,102 @@ def _compile_entity(loaded, name, spec: EntitySpec, types, app, errors) -> Entit
         next((f for f, s in spec.fields.items() if s.type == "string"), "id"),
     )
     if title not in fields:
-        errors.append(_err(loaded, name, ("title",), "E125", f"title field '{title}' does not exist",
+        errors.append(_err(loaded, name, ("title",), "E125", f"title field '{title}' does not exist in entity '{name}'",
                            did_you_mean(title, spec.fields) or "name one of the entity's fields", key=False))
-
-    indexes = []
-    for i, ispec in enumerate(spec.indexes):
-        for j, fname in enumerate(ispec.fields):
-            _check_field_ref(loaded, name, ("indexes", i, "fields", j), fname, fields, errors)
-        indexes.append(Index(ispec.name, tuple(ispec.fields), ispec.unique))
-    for i, group in enumerate(spec.unique_together):
-        for j, fname in enumerate(group):
-            _check_field_ref(loaded, name, ("unique_together", i, j), fname, fields, errors)
-        indexes.append(Index(None, tuple(group), True))
+    elif fields[title].column is None:
+        errors.append(_err(loaded, name, ("title",), "E126",
+                           f"title field '{title}' is a {fields[title].type} field, which cannot name a record",
+                           "choose a field with one value per record, e.g. a string field", key=False))
 
     return Entity(
         name=name,
-        label=_label(spec.label, humanize(name), locales),
+        label=label,
         plural=plural,
-        plural_label=_label(spec.plural_label, humanize(plural), locales),
+        plural_label=plural_label,
         title=title,
         description=spec.description,
         fields=fields,
-        indexes=tuple(indexes),
+        indexes=_indexes(loaded, name, spec, fields, errors),
         source=str(loaded.where(name, key=True)),
     )
 
 
-def _check_field_ref(loaded, entity, path, fname, fields, errors) -> None:
+def _indexes(loaded, name, spec: EntitySpec, fields: dict[str, Field], errors) -> tuple[Index, ...]:
+    """``indexes:`` and ``unique_together:``, leaving out any the table has already.
+
+    A ref or ``indexed`` field has a one-column index and a ``unique`` field a unique constraint;
+    declaring the same again would create a second object under the same generated name.
+    """
+    present = {((f.name,), True) for f in fields.values() if f.unique}
+    present |= {((f.name,), False) for f in fields.values() if (f.indexed or f.type == "ref") and not f.unique}
+    declared = [(("indexes", i, "fields"), s.fields, s.unique, s.name) for i, s in enumerate(spec.indexes)]
+    declared += [(("unique_together", i), g, True, None) for i, g in enumerate(spec.unique_together)]
+    indexes = []
+    for path, names, unique, index_name in declared:
+        ok = True
+        for j, fname in enumerate(names):
+            ok = _check_field_ref(loaded, name, (*path, j), fname, fields, errors) and ok
+            if fname in names[:j]:
+                ok = False
+                errors.append(_err(loaded, name, (*path, j), "E123",
+                                   f"field '{fname}' is listed twice in {describe_path(('entities', name, *path))}",
+                                   "list each field once", key=False))
+        if index_name is not None:
+            _identifier(loaded, name, (*path[:2], "name"), index_name, "index", frozenset(), errors)
+        key = (tuple(names), unique)
+        if ok and (index_name is not None or key not in present):
+            present.add(key)
+            indexes.append(Index(index_name, tuple(names), unique))
+    return tuple(indexes)
+
+
+def _check_field_ref(loaded, entity, path, fname, fields, errors) -> bool:
     field = fields.get(fname)
     if field is None:
         errors.append(_err(loaded, entity, path, "E125", f"field '{fname}' does not exist in entity '{entity}'",
-                           did_you_mean(fname, fields), key=False))
-    elif field.column is None:
+                           did_you_mean(fname, fields) or f"fields: {', '.join(fields)}", key=False))
+        return False
+    if field.column is None:
         errors.append(_err(loaded, entity, path, "E126", f"field '{fname}' ({field.type}) cannot be indexed",
-                           None, key=False))
+                           "its links live in a join table, which is indexed already", key=False))
+        return False
+    return True
+
+
+def _check_index_names(loaded: LoadedConfig, errors) -> None:
+    """Explicit index names share one namespace per database (PostgreSQL), across all tables."""
+    seen: dict[str, str] = {}
+    for entity, spec in loaded.entities.items():
+        for i, index in enumerate(spec.indexes):
+            if index.name is None:
+                continue
+            where = str(loaded.where(entity, "indexes", i, "name"))
+            if index.name in seen:
+                errors.append(_err(loaded, entity, ("indexes", i, "name"), "E123",
+                                   f"index name '{index.name}' is already used (at {seen[index.name]})",
+                                   "index names must be unique across all entities; rename one", key=False))
+            seen.setdefault(index.name, where)
 
 
 def _system_field(name: str, types, locales) -> Field:
     kind = "datetime" if name.endswith("_at") else "integer"
     return Field(name=name, type=kind, field_type=types[kind], column=name,
-                 label=_label(None, "ID" if name == "id" else humanize(name), locales), system=True,
+                 label=localized(None, locales, "ID" if name == "id" else humanize(name)), system=True,
                  read_only=True, required=name in ("id", "version", "created_at", "updated_at"))
 
 
 def _compile_field(loaded, entity, name, spec: FieldSpec, types, app, errors) -> Field | None:
     path = ("fields", name)
-    _check_identifier(loaded, entity, path, name, "field", RESERVED_FIELD_NAMES, errors)
+    locales = list(app.locales)
+    _identifier(loaded, entity, path, name, "field", RESERVED_FIELD_NAMES, errors, owner=entity)
+    if spec.related_name is not None:
+        _identifier(loaded, entity, (*path, "related_name"), spec.related_name, "related_name",
+                    RESERVED_FIELD_NAMES, errors, owner=entity)
+    label = _label(loaded, entity, (*path, "label"), spec.label, humanize(name), locales, errors)
+    help_text = _label(loaded, entity, (*path, "help"), spec.help, "", locales, errors) if spec.help else {}
+    for i, option in enumerate(spec.options or []):
+        if not isinstance(option, str):
+            _label(loaded, entity, (*path, "options", i, "label"), option.label, option.value, locales, errors)
     field_type: FieldType | None = types.get(spec.type)
     if field_type is None:
         errors.append(_err(loaded, entity, (*path, "type"), "E120", f"unknown field type '{spec.type}'",
@@ -206,14 +282,18 @@ def _compile_field(loaded, entity, name, spec: FieldSpec, types, app, errors) ->
     for key, code, message, hint in field_type.check(spec, params):
         errors.append(_err(loaded, entity, (*path, key), code, f"{message} (field '{entity}.{name}')", hint))
     field = Field(
-        name=name, type=spec.type, field_type=field_type, column=None,
-        label=_label(spec.label, humanize(name), list(app.locales)),
-        help=_label(spec.help, "", list(app.locales)) if spec.help else {},
+        name=name, type=spec.type, field_type=field_type, column=None, label=label, help=help_text,
         required=spec.required, unique=spec.unique, indexed=spec.indexed, read_only=spec.read_only,
         min=_bound(field_type, spec.min), max=_bound(field_type, spec.max), pattern=spec.pattern,
         params=params, source=str(loaded.where(entity, *path, key=True)),
     )
-    field = _replace(field, column=field_type.column_name(field))
+    field = replace(field, column=field_type.column_name(field))
+    join_table = f"{entity}__{name}"
+    if not field_type.has_column and len(join_table) > MAX_TABLE_NAME:
+        errors.append(_err(loaded, entity, path, "E121",
+                           f"field '{entity}.{name}' needs the join table '{join_table}', which is longer than "
+                           f"the {MAX_TABLE_NAME} characters a table name may have",
+                           "shorten the field name or the entity name"))
     if spec.default is not None:
         field = _with_default(loaded, entity, name, spec, field, errors)
     return field
@@ -236,10 +316,10 @@ def _bound(field_type: FieldType, raw: Any) -> Any:
 def _with_default(loaded, entity, name, spec, field: Field, errors) -> Field:
     raw = spec.default
     if isinstance(raw, str) and raw in DYNAMIC_DEFAULTS and field.type in DYNAMIC_DEFAULTS[raw]:
-        return _replace(field, dynamic_default=raw)
+        return replace(field, dynamic_default=raw)
     if field.type == "refs":
         errors.append(_err(loaded, entity, ("fields", name, "default"), "E127",
-                           "a refs field cannot have a default", None))
+                           f"refs field '{entity}.{name}' cannot have a default", "remove 'default:'"))
         return field
     try:
         value = field.field_type.parse(field, raw)
@@ -247,16 +327,13 @@ def _with_default(loaded, entity, name, spec, field: Field, errors) -> Field:
         hint = None
         if isinstance(raw, str) and raw in DYNAMIC_DEFAULTS:
             hint = f"'{raw}' works on {' and '.join(DYNAMIC_DEFAULTS[raw])} fields"
+            fits = [f"'{d}'" for d, kinds in DYNAMIC_DEFAULTS.items() if field.type in kinds]
+            if fits:
+                hint += f"; on a {field.type} field use {' or '.join(fits)}"
         errors.append(_err(loaded, entity, ("fields", name, "default"), "E127",
                            f"default {raw!r} of field '{entity}.{name}' {exc.message}", hint, key=False))
         return field
-    return _replace(field, default=value)
-
-
-def _replace(field: Field, **changes) -> Field:
-    from dataclasses import replace
-
-    return replace(field, **changes)
+    return replace(field, default=value)
 
 
 def _check_refs(loaded, entities: dict[str, Entity], errors) -> None:
@@ -280,18 +357,20 @@ def _add_relations(loaded, entities: dict[str, Entity], errors) -> dict[str, Ent
                 continue
             target = entities[field.target]
             kind = "one_to_many" if field.type == "ref" else "many_to_many"
-            rel_name = field.params.get("related_name") or entity.plural
-            clash = rel_name in target.fields or rel_name in relations[target.name]
-            if clash:
-                errors.append(_err(loaded, entity.name, ("fields", field.name), "E123",
-                                   f"reverse list '{rel_name}' on entity '{target.name}' (from field "
-                                   f"'{entity.name}.{field.name}') clashes with an existing name",
-                                   f"set 'related_name:' on field '{entity.name}.{field.name}', "
-                                   f"e.g. {entity.plural}_as_{field.name}"))
+            explicit = field.params.get("related_name")
+            rel_name = explicit or entity.plural
+            taken = relations[target.name].get(rel_name)
+            if rel_name in target.fields or taken:
+                other = (f"field '{target.name}.{rel_name}'" if rel_name in target.fields or taken.owner_side
+                         else f"the reverse list of field '{taken.entity}.{taken.field}'")
+                errors.append(_err(loaded, entity.name, ("fields", field.name, *(("related_name",) if explicit else ())),
+                                   "E123",
+                                   f"field '{entity.name}.{field.name}' gives entity '{target.name}' the reverse "
+                                   f"list '{rel_name}', which clashes with {other}",
+                                   f"set a different 'related_name:' on field '{entity.name}.{field.name}', "
+                                   f"e.g. related_name: {entity.plural}_as_{field.name}"))
                 continue
             relations[target.name][rel_name] = Relation(rel_name, entity.name, field.name, kind)
             if field.type == "refs":
                 relations[entity.name][field.name] = Relation(field.name, target.name, field.name, kind, owner_side=True)
-    from dataclasses import replace
-
     return {name: replace(e, relations=relations[name]) for name, e in entities.items()}

@@ -7,24 +7,24 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import fnmatch
 import glob
 import os
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.constructor import DuplicateKeyError
-from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.nodes import MappingNode, Node, SequenceNode
 
 from loomcrm.schemas import ConfigFileSpec, EntitySpec
-from loomcrm.schemas.project import PROJECT_ONLY_KEYS
 
 from .errors import ConfigError, ConfigErrors, Location, did_you_mean
+from .validation import validate_file
 
 __all__ = ["LoadedConfig", "SourceFile", "load_config", "load_config_text", "find_project_file"]
 
@@ -92,31 +92,63 @@ def load_config(path: str | os.PathLike) -> LoadedConfig:
             ]
         )
     texts = {PROJECT_FILE: project_file.read_text(encoding="utf-8")}
-    return _load(project_dir, project_file.name, texts, read_include=_include_reader(project_dir))
+    return _load(project_dir, project_file.name, texts, _DirectoryFiles(project_dir))
 
 
 def load_config_text(files: dict[str, str], project_dir: str | os.PathLike = ".") -> LoadedConfig:
-    """Load a config from in-memory texts, ``{"loom.yaml": ..., "entities/a.yaml": ...}`` (for tests)."""
+    """Load a config from in-memory texts, ``{"loom.yaml": ..., "entities/a.yaml": ...}`` (for tests).
 
-    def read_include(pattern: str) -> list[tuple[str, str]]:
-        return [(n, t) for n, t in sorted(files.items()) if n != PROJECT_FILE and glob.fnmatch.fnmatch(n, pattern)]
+    Include patterns match the names as they would match files on disk (``*`` stays within one
+    directory, ``**`` spans several).
+    """
+    return _load(Path(project_dir), PROJECT_FILE, {PROJECT_FILE: files[PROJECT_FILE]}, _MemoryFiles(files))
 
-    return _load(Path(project_dir), PROJECT_FILE, {PROJECT_FILE: files[PROJECT_FILE]}, read_include)
+
+class _MemoryFiles:
+    def __init__(self, files: dict[str, str]):
+        self.files = {n: t for n, t in files.items() if n != PROJECT_FILE}
+
+    def matching(self, pattern: str) -> list[tuple[str, str]]:
+        parts = pattern.removeprefix("./").split("/")
+        return [(n, t) for n, t in sorted(self.files.items()) if _glob_match(n.split("/"), parts)]
+
+    def names(self) -> list[str]:
+        return sorted(self.files)
 
 
-def _include_reader(project_dir: Path):
-    def read_include(pattern: str) -> list[tuple[str, str]]:
+class _DirectoryFiles:
+    def __init__(self, project_dir: Path):
+        self.project_dir = project_dir
+
+    def matching(self, pattern: str) -> list[tuple[str, str]]:
         found = []
-        for match in sorted(glob.glob(str(project_dir / pattern), recursive=True)):
+        for match in sorted(glob.glob(str(self.project_dir / pattern), recursive=True)):
             p = Path(match)
             if p.is_file() and p.name != PROJECT_FILE:
-                found.append((p.relative_to(project_dir).as_posix(), p.read_text(encoding="utf-8")))
+                found.append((self._relative(p), p.read_text(encoding="utf-8")))
         return found
 
-    return read_include
+    def names(self) -> list[str]:
+        files = [*self.project_dir.glob("**/*.yaml"), *self.project_dir.glob("**/*.yml")]
+        return sorted(self._relative(p) for p in files if p.name != PROJECT_FILE)
+
+    def _relative(self, p: Path) -> str:
+        try:
+            return p.resolve().relative_to(self.project_dir.resolve()).as_posix()
+        except ValueError:  # included from outside the project directory
+            return p.as_posix()
 
 
-def _load(project_dir: Path, project_name: str, texts: dict[str, str], read_include) -> LoadedConfig:
+def _glob_match(names: list[str], parts: list[str]) -> bool:
+    """Path segments against glob segments: ``*`` matches within one segment, ``**`` any number."""
+    if not parts:
+        return not names
+    if parts[0] == "**":
+        return any(_glob_match(names[i:], parts[1:]) for i in range(len(names) + 1))
+    return bool(names) and fnmatch.fnmatchcase(names[0], parts[0]) and _glob_match(names[1:], parts[1:])
+
+
+def _load(project_dir: Path, project_name: str, texts: dict[str, str], files) -> LoadedConfig:
     errors: list[ConfigError] = []
     project_source = parse_yaml(project_name, texts[PROJECT_FILE], errors)
     project_spec = validate_file(project_source, errors, is_project=True)
@@ -125,14 +157,15 @@ def _load(project_dir: Path, project_name: str, texts: dict[str, str], read_incl
     seen = {project_name}
     include = project_spec.include if project_spec else _raw_include(project_source)
     for i, pattern in enumerate(include):
-        matched = read_include(pattern)
+        matched = files.matching(pattern)
         if not matched:
             errors.append(
                 ConfigError(
                     project_source.where(("include", i)),
                     "E102",
                     f"include pattern '{pattern}' matched no file",
-                    "patterns are relative to loom.yaml, e.g. 'entities/*.yaml'",
+                    did_you_mean(pattern, files.names())
+                    or "patterns are relative to loom.yaml, e.g. 'entities/*.yaml'",
                 )
             )
         for name, text in matched:
@@ -181,21 +214,13 @@ def parse_yaml(name: str, text: str, errors: list[ConfigError]) -> SourceFile:
     try:
         node = yaml.load(text)
     except DuplicateKeyError as exc:
-        mark = exc.problem_mark
-        key = _duplicate_key_name(exc)
-        errors.append(
-            ConfigError(
-                Location(name, mark.line + 1, mark.column + 1),
-                "E101",
-                f"duplicate key {key}" if key else "duplicate key",
-                "a key may appear once per mapping; remove or rename one of them",
-            )
-        )
+        errors.extend(_duplicate_keys(name, text) or [_yaml_error(name, exc)])
         return SourceFile(name, None)
     except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        errors.append(ConfigError(Location(name, line, col), "E100", f"invalid YAML: {exc.problem}", None))
+        errors.append(_yaml_error(name, exc))
+        return SourceFile(name, None)
+    except (YAMLError, ValueError) as exc:  # e.g. '!!int abc': a tag its value does not fit
+        errors.append(ConfigError(Location(name, 1, 1), "E100", f"invalid YAML: {exc}", YAML_HINT))
         return SourceFile(name, None)
     source = SourceFile(name, None)
     source.data = _plain(node, (), source)
@@ -204,11 +229,59 @@ def parse_yaml(name: str, text: str, errors: list[ConfigError]) -> SourceFile:
     return source
 
 
-def _duplicate_key_name(exc: DuplicateKeyError) -> str | None:
-    problem = exc.problem or ""
-    if '"' in problem:
-        return "'" + problem.split('"')[1] + "'"
-    return None
+YAML_HINT = "check the indentation, quotes and brackets around this place"
+_OPENERS = {"flow mapping": "'{'", "flow sequence": "'['", "quoted scalar": "quote"}
+
+
+def _yaml_error(name: str, exc: MarkedYAMLError) -> ConfigError:
+    mark = exc.problem_mark or exc.context_mark
+    line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+    problem = exc.problem or "cannot be parsed"
+    hint = YAML_HINT
+    opener = next((o for kind, o in _OPENERS.items() if kind in (exc.context or "")), None)
+    if opener and exc.context_mark:
+        where = f"line {exc.context_mark.line + 1}, column {exc.context_mark.column + 1}"
+        hint = f"close the {opener} opened at {where}"
+    elif "'\\t'" in problem:
+        hint = "indent with spaces; YAML does not allow tabs"
+    elif "mapping values are not allowed" in problem:
+        hint = "put the value in quotes if it contains ': ', or start the nested mapping on a new line"
+    elif "<block end>" in problem:
+        hint = "keys of one mapping must start in the same column; check the indentation"
+    return ConfigError(Location(name, line, col), "E100", f"invalid YAML: {problem}", hint)
+
+
+def _duplicate_keys(name: str, text: str) -> list[ConfigError]:
+    """Every duplicate key in the file, each pointing at the first one (ruamel stops at the first)."""
+    try:
+        root = YAML(typ="rt").compose(text)
+    except YAMLError:
+        return []
+    errors: list[ConfigError] = []
+    stack: list[Node | None] = [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, MappingNode):
+            first: dict[str, Node] = {}
+            for key, value in node.value:
+                stack.append(value)
+                if not isinstance(key.value, str) or key.value == "<<":
+                    continue
+                if key.value in first:
+                    line = first[key.value].start_mark.line + 1
+                    errors.append(
+                        ConfigError(
+                            Location(name, key.start_mark.line + 1, key.start_mark.column + 1),
+                            "E101",
+                            f"duplicate key '{key.value}' (first written at line {line})",
+                            "a key may appear once per mapping; remove one of them or merge them",
+                        )
+                    )
+                else:
+                    first[key.value] = key
+        elif isinstance(node, SequenceNode):
+            stack.extend(node.value)
+    return errors
 
 
 def _plain(node: Any, path: Path_, source: SourceFile) -> Any:
@@ -229,162 +302,13 @@ def _plain(node: Any, path: Path_, source: SourceFile) -> Any:
             source.key_marks[(*path, i)] = source.value_marks[(*path, i)] = (line + 1, col + 1)
             result.append(_plain(item, (*path, i), source))
         return result
+    if isinstance(node, dt.date):
+        # YAML timestamps (min: 1900-01-01) become ISO text: the spec and its JSON Schema take
+        # dates as strings, as JSON has no date type; each field type parses them.
+        return node.isoformat()
     if hasattr(node, "__str__") and type(node).__module__.startswith("ruamel"):
         # ScalarFloat, ScalarBoolean, TaggedScalar...: plain builtins for pydantic
         for kind in (bool, int, float, str):
             if isinstance(node, kind):
                 return kind(node)
     return node
-
-
-# --- validation --------------------------------------------------------------------------------------
-
-
-def validate_file(source: SourceFile, errors: list[ConfigError], *, is_project: bool) -> ConfigFileSpec | None:
-    """Validate one parsed file against ConfigFileSpec, turning pydantic errors into located ones."""
-    if source.data is None:
-        return None
-    if not isinstance(source.data, dict):
-        errors.append(
-            ConfigError(source.where(()), "E112", "a config file must be a mapping of keys", "start with 'entities:'")
-        )
-        return None
-    ok = True
-    if not is_project:
-        for key in PROJECT_ONLY_KEYS:
-            if key in source.data:
-                ok = False
-                errors.append(
-                    ConfigError(
-                        source.where((key,), key=True),
-                        "E113",
-                        f"'{key}' is only allowed in loom.yaml",
-                        "move it to the project file",
-                    )
-                )
-    elif "app" not in source.data:
-        ok = False
-        errors.append(
-            ConfigError(source.where(()), "E111", "missing required key 'app'", "add 'app: {name: My CRM}'")
-        )
-    try:
-        spec = ConfigFileSpec.model_validate(source.data)
-    except ValidationError as exc:
-        errors.extend(_located_errors(exc, source))
-        return None
-    return spec if ok else None
-
-
-def _located_errors(exc: ValidationError, source: SourceFile) -> list[ConfigError]:
-    by_path: dict[Path_, list[dict]] = {}
-    for err in exc.errors():
-        path = _data_path(source.data, err["loc"])
-        by_path.setdefault(path, []).append(err)
-    result = []
-    for path, errs in by_path.items():
-        result.append(_one_error(source, path, errs))
-    return result
-
-
-def _data_path(data: Any, loc: tuple) -> Path_:
-    """Strip pydantic's union tags from ``loc`` so the path exists in the data (or ends at a missing key)."""
-    path: list[Any] = []
-    node = data
-    for part in loc:
-        if isinstance(node, dict) and isinstance(part, str) and part in node:
-            node = node[part]
-            path.append(part)
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
-            node = node[part]
-            path.append(part)
-        elif isinstance(node, dict) and isinstance(part, str) and part not in node and not path_is_tag(part):
-            path.append(part)  # a missing or unknown key
-            break
-        else:
-            continue
-    return tuple(path)
-
-
-def path_is_tag(part: str) -> bool:
-    # pydantic names union members in loc: 'str', 'dict[str,str]', 'OptionSpec', 'function-after[...]'
-    return part[:1].isupper() or "[" in part or part in {"str", "int", "float", "bool", "list", "dict", "none"}
-
-
-def _one_error(source: SourceFile, path: Path_, errs: list[dict]) -> ConfigError:
-    kinds = {e["type"] for e in errs}
-    what = _describe(path)
-    if "extra_forbidden" in kinds:
-        key = path[-1]
-        known = _known_keys(path[:-1])
-        return ConfigError(
-            source.where(path, key=True),
-            "E110",
-            f"unknown key '{key}'{what}",
-            did_you_mean(str(key), known) or (f"allowed keys: {', '.join(sorted(known))}" if known else None),
-        )
-    if "missing" in kinds:
-        key = path[-1]
-        return ConfigError(
-            source.where(path[:-1], key=True), "E111", f"missing required key '{key}'{_describe(path[:-1])}", None
-        )
-    if len(errs) > 1:  # several union members failed
-        message = f"invalid value{what}: expected {_expected(errs)}"
-    else:
-        message = f"invalid value{what}: {errs[0]['msg']}"
-    return ConfigError(source.where(path), "E112", message, None)
-
-
-def _expected(errs: list[dict]) -> str:
-    names = []
-    for e in errs:
-        tag = next((str(p) for p in reversed(e["loc"]) if isinstance(p, str) and path_is_tag(p)), None)
-        kind = {"str": "text", "dict[str,str]": "a mapping of locale to text"}.get(tag or "", tag or e["msg"])
-        if kind not in names:
-            names.append(kind)
-    return " or ".join(names)
-
-
-def _describe(path: Path_) -> str:
-    if len(path) >= 4 and path[0] == "entities" and path[2] == "fields":
-        return f" in field '{path[1]}.{path[3]}'"
-    if len(path) >= 2 and path[0] == "entities":
-        return f" in entity '{path[1]}'"
-    if path:
-        return f" in '{'.'.join(str(p) for p in path)}'" if len(path) > 1 else ""
-    return ""
-
-
-def _known_keys(path: Path_) -> list[str]:
-    """The keys the spec model at ``path`` accepts (walks ConfigFileSpec's annotations)."""
-    annotation: Any = ConfigFileSpec
-    for part in path:
-        annotation = _unwrap(annotation)
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            f = annotation.model_fields.get(str(part))
-            if f is None:
-                return []
-            annotation = f.annotation
-        else:
-            origin = typing.get_origin(annotation)
-            args = typing.get_args(annotation)
-            if origin is dict and args:
-                annotation = args[1]
-            elif origin is list and args:
-                annotation = args[0]
-            else:
-                return []
-    annotation = _unwrap(annotation)
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return list(annotation.model_fields)
-    return []
-
-
-def _unwrap(annotation: Any) -> Any:
-    """``X | None`` -> X; a union of several models -> the first model."""
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        for arg in typing.get_args(annotation):
-            if isinstance(arg, type) and issubclass(arg, BaseModel):
-                return arg
-        non_none = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return non_none[0] if len(non_none) == 1 else annotation
-    return annotation

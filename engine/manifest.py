@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from .fieldtypes import FieldType
 
-__all__ = ["Manifest", "Entity", "Field", "Relation", "Index", "SYSTEM_FIELDS", "text_for"]
+__all__ = ["Manifest", "Entity", "Field", "Relation", "Index", "SYSTEM_FIELDS", "text_for", "localized"]
 
 #: Columns every entity has, in table order. ``id`` comes first, the rest after the entity's fields.
 SYSTEM_FIELDS = ("id", "created_at", "updated_at", "created_by", "updated_by", "owner", "version")
@@ -25,6 +26,22 @@ def text_for(label: dict[str, str], locale: str | None = None) -> str:
     if locale and locale in label:
         return label[locale]
     return next(iter(label.values()), "")
+
+
+def localized(text: str | Mapping[str, str] | None, locales: Sequence[str], fallback: str = "") -> dict[str, str]:
+    """Text in every one of the app's ``locales``, in their order (the first is the default).
+
+    Plain text reads the same in every locale. A locale a mapping leaves out gets the default
+    locale's text, else the first text given, so ``{zh: 客户}`` in an ``[en, zh]`` app is
+    ``{en: 客户, zh: 客户}``. ``None`` means ``fallback`` everywhere.
+    """
+    if text is None:
+        text = fallback
+    if isinstance(text, str):
+        return {locale: text for locale in locales}
+    given = {k: v for k, v in text.items() if k in locales}
+    default = given.get(locales[0]) or next(iter(given.values()), None) or fallback
+    return {locale: given.get(locale, default) for locale in locales}
 
 
 @dataclass(frozen=True)

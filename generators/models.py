@@ -48,7 +48,7 @@ def _output_type(field: Field) -> Any:
     if field.type == "ref":  # an id, or the target record with ?expand=
         return int | dict[str, Any]
     if field.type == "refs":
-        return list[int] | list[dict[str, Any]]
+        return list[int | dict[str, Any]]
     if field.type in ("decimal", "money"):
         return Annotated[str, PydanticField(pattern=r"^-?\d+(\.\d+)?$")]
     if field.system and field.type == "integer":
@@ -71,17 +71,20 @@ def _entity_models(entity: Entity, manifest: Manifest) -> EntityModels:
         info = _describe(field, manifest)
         always = field.name == "id"  # everything else may be left out by ?fields=
         out = _output_type(field)
-        record_fields[field.name] = (out, PydanticField(**info)) if always else \
-            (Optional[out], PydanticField(None, **info))  # noqa: UP045 (runtime-built annotation)
+        if always or out is Any:  # Optional[Any] would document null twice (oneOf: {}, null)
+            record_fields[field.name] = (out, PydanticField(**info) if always else PydanticField(None, **info))
+        else:
+            record_fields[field.name] = (Optional[out], PydanticField(None, **info))  # noqa: UP045
         if not field.writable:
             continue
         kind = _input_type(field)
+        optional_kind = kind if kind is Any else Optional[kind]  # noqa: UP045
         has_default = field.default is not None or field.dynamic_default is not None
         if field.required and not has_default:
             create_fields[field.name] = (kind, PydanticField(**info))
         else:
-            create_fields[field.name] = (Optional[kind], PydanticField(None, **info))  # noqa: UP045
-        update_fields[field.name] = (Optional[kind], PydanticField(None, **info))  # noqa: UP045
+            create_fields[field.name] = (optional_kind, PydanticField(None, **info))
+        update_fields[field.name] = (optional_kind, PydanticField(None, **info))
     update_fields["version"] = (Optional[int], PydanticField(  # noqa: UP045
         None, ge=1, description="The version you read; a stale one gets 409 and changes nothing."))
     record = create_model(base, __config__=OUTPUT_CONFIG, **record_fields)

@@ -10,6 +10,8 @@ channel, with Loom's own error codes).
 from typing import Annotated, Any
 
 from litestar import Request, Response, Router, delete, get, patch, post
+from litestar.openapi.datastructures import ResponseSpec
+from pydantic import BaseModel
 from litestar.params import FromPath, HeaderParameter, JSONBody, Parameter, SkipValidation
 
 from loomcrm.engine.errors import Problem
@@ -39,6 +41,29 @@ ListParams = {
                                              schema_extra={"type": "boolean"})],
 }
 IfMatch = Annotated[str | None, HeaderParameter(name="If-Match", description="The record's version, as in its ETag.")]
+
+
+class ProblemField(BaseModel):
+    field: str
+    code: str
+    message: str
+
+
+class ProblemDetails(BaseModel):
+    """RFC 9457 problem details, as every Loom error is answered."""
+
+    type: str
+    title: str
+    status: int
+    detail: str | None = None
+    errors: list[ProblemField] | None = None
+
+
+def _problems(*statuses: int) -> dict[int, ResponseSpec]:
+    text = {400: "Invalid query parameters or headers", 404: "No such record", 409: "Version conflict, or the "
+            "record is still referenced", 422: "Invalid field values (each named in errors)"}
+    return {s: ResponseSpec(ProblemDetails, description=text[s], media_type="application/problem+json",
+                            generate_examples=False) for s in statuses}
 
 
 def api_context(request: Request) -> Context:
@@ -118,17 +143,20 @@ def entity_router(records: Records, entity: Entity, all_models: dict[str, Entity
     Version = Annotated[str | None, Parameter(description="The version you read; stale gets 409.",
                                               schema_extra={"type": "integer", "minimum": 1})]
     handlers = [
-        get("/", summary=f"List {tag}", description=FILTER_HELP, **opts)(
+        get("/", summary=f"List {tag}", description=FILTER_HELP, responses=_problems(400), **opts)(
             _typed(list_records, {"request": Request, **ListParams, "return": models.page})),
-        post("/", summary=f"Create a {text_for(entity.label)}", status_code=201, **opts)(
+        post("/", summary=f"Create a {text_for(entity.label)}", status_code=201, responses=_problems(400, 422),
+             **opts)(
             _typed(create_record, {"request": Request, "data": SkipValidation[JSONBody[models.create]], "return": Response[models.record]})),
-        get("/{record_id:int}", summary=f"Get a {text_for(entity.label)}", **opts)(
+        get("/{record_id:int}", summary=f"Get a {text_for(entity.label)}", responses=_problems(400, 404), **opts)(
             _typed(get_record, {"request": Request, "record_id": FromPath[int], "fields": ListParams["fields"],
                                 "expand": ListParams["expand"], "return": Response[models.record]})),
-        patch("/{record_id:int}", summary=f"Change a {text_for(entity.label)}", **opts)(
+        patch("/{record_id:int}", summary=f"Change a {text_for(entity.label)}",
+              responses=_problems(400, 404, 409, 422), **opts)(
             _typed(patch_record, {"request": Request, "record_id": FromPath[int], "data": SkipValidation[JSONBody[models.update]],
                                   "if_match": IfMatch, "return": Response[models.record]})),
-        delete("/{record_id:int}", summary=f"Delete a {text_for(entity.label)}", **opts)(
+        delete("/{record_id:int}", summary=f"Delete a {text_for(entity.label)}", responses=_problems(400, 404, 409),
+               **opts)(
             _typed(delete_record, {"request": Request, "record_id": FromPath[int], "version": Version,
                                    "if_match": IfMatch, "return": None})),
     ]
@@ -146,5 +174,6 @@ def _related_handler(records: Records, entity: Entity, relation, page, opts):
         return records.related(entity, checked_id(entity, record_id), relation.name, query, api_context(request))
 
     return get(f"/{{record_id:int}}/{relation.name}", summary=f"{text_for(child.plural_label)} of a "
-               f"{text_for(entity.label)}", description=FILTER_HELP, name=f"{entity.name}.{relation.name}", **opts)(
+               f"{text_for(entity.label)}", description=FILTER_HELP, name=f"{entity.name}.{relation.name}",
+               responses=_problems(400, 404), **opts)(
         _typed(list_related, {"request": Request, "record_id": FromPath[int], **ListParams, "return": page}))

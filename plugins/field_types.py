@@ -15,6 +15,7 @@ from pydantic import Field as PydanticField
 
 from loomcrm.engine.fieldtypes import FieldType, FieldValueError
 from loomcrm.engine.hookspecs import hookimpl
+from loomcrm.engine.manifest import localized
 from loomcrm.generators.tables import JSONValue, UTCDateTime, id_type
 
 __all__ = ["BUILTIN_TYPES", "loom_field_types"]
@@ -50,7 +51,8 @@ class StringType(FieldType):
             try:
                 re.compile(spec.pattern)
             except re.error as exc:
-                return [("pattern", "E129", f"invalid regular expression: {exc}", None)]
+                return [("pattern", "E129", f"invalid regular expression: {exc}",
+                         "write a Python regular expression in quotes, e.g. pattern: '^[A-Z]{2}[0-9]+$'")]
         return []
 
     def column_type(self, field):
@@ -128,7 +130,8 @@ class DecimalType(FieldType):
 
     def check(self, spec, params):
         if params["scale"] > params["precision"]:
-            return [("scale", "E129", "scale cannot exceed precision", "lower scale or raise precision")]
+            return [("scale", "E129", f"scale {params['scale']} cannot exceed precision {params['precision']}",
+                     "lower 'scale' or raise 'precision' (the total number of digits)")]
         return _check_min_max(self, spec)
 
     def bound(self, raw):
@@ -150,12 +153,14 @@ class DecimalType(FieldType):
         if not isinstance(number, decimal.Decimal) or not number.is_finite():
             raise _bad("type", "must be a finite number")
         scale, precision = field.params["scale"], field.params["precision"]
-        exponent = number.as_tuple().exponent
-        if isinstance(exponent, int) and -exponent > scale and number != number.quantize(decimal.Decimal(1).scaleb(-scale)):
-            raise _bad("scale", f"must have at most {scale} decimal places")
-        number = number.quantize(decimal.Decimal(1).scaleb(-scale))
-        if len(number.as_tuple().digits) > precision:
+        if max(number.adjusted() + 1, 0) > precision - scale:
             raise _bad("precision", f"must have at most {precision - scale} digits before the decimal point")
+        step = decimal.Decimal(1).scaleb(-scale)
+        exact = decimal.Context(prec=precision + 2)
+        rounded = number.quantize(step, context=exact)
+        if rounded != number:
+            raise _bad("scale", f"must have at most {scale} decimal places")
+        number = rounded
         return _check_range(field, number)
 
     def dump(self, field, value):
@@ -266,24 +271,19 @@ class EnumType(FieldType):
     filter_ops = frozenset({"eq", "ne", "in", "isnull"})
 
     def params(self, spec, app):
-        locales = app.locales
         result = []
         for opt in spec.options or []:
-            if isinstance(opt, str):
-                result.append({"value": opt, "label": {loc: opt for loc in locales}})
-            else:
-                label = opt.label if opt.label is not None else opt.value
-                label = {loc: label for loc in locales} if isinstance(label, str) else dict(label)
-                result.append({"value": opt.value, "label": label})
+            value, label = (opt, None) if isinstance(opt, str) else (opt.value, opt.label)
+            result.append({"value": value, "label": localized(label, app.locales, value)})
         return {"options": result}
 
     def check(self, spec, params):
         values = [o["value"] for o in params["options"]]
         if not values:
-            return [("options", "E128", f"{self.name} needs at least one option", "options: [new, won, lost]")]
+            return [("options", "E128", f"{self.name} needs at least one option", "e.g. options: [new, won, lost]")]
         dupes = sorted({v for v in values if values.count(v) > 1})
         if dupes:
-            return [("options", "E128", f"duplicate options: {', '.join(dupes)}", None)]
+            return [("options", "E128", f"duplicate options: {', '.join(dupes)}", "list each option once")]
         if any(len(v) > 255 or not v.strip() for v in values):
             return [("options", "E128", "option values must be 1 to 255 characters", None)]
         return []
@@ -416,7 +416,7 @@ class RefType(FieldType):
 
     def check(self, spec, params):
         if not spec.to:
-            return [("type", "E111", "a ref field needs 'to: <entity>'", None)]
+            return [("type", "E111", "a ref field needs 'to: <entity>'", "name the entity it points at, e.g. to: account")]
         if params["on_delete"] == "set_null" and spec.required:
             return [("on_delete", "E129", "on_delete: set_null cannot be used on a required field",
                      "use restrict or cascade, or drop required")]
@@ -454,9 +454,12 @@ class RefsType(RefType):
         return {"to": spec.to, "related_name": spec.related_name}
 
     def check(self, spec, params):
-        problems = [] if spec.to else [("type", "E111", "a refs field needs 'to: <entity>'", None)]
+        problems = [] if spec.to else [
+            ("type", "E111", "a refs field needs 'to: <entity>'", "name the entity it links to, e.g. to: account")
+        ]
         if spec.unique:
-            problems.append(("unique", "E126", "unique does not apply to a refs field", None))
+            problems.append(("unique", "E126", "unique does not apply to a refs field",
+                             "a record can link to each target once already; remove 'unique'"))
         return problems
 
     def column_name(self, field):
@@ -478,6 +481,9 @@ class RefsType(RefType):
         return ids
 
 
+BOUND_EXAMPLES = {"date": "2024-01-05", "datetime": "2024-01-05T09:30:00Z", "decimal": 9.99, "money": 9.99}
+
+
 def _check_min_max(field_type, spec):
     problems, bounds = [], {}
     for key in ("min", "max"):
@@ -487,7 +493,8 @@ def _check_min_max(field_type, spec):
         try:
             bounds[key] = field_type.bound(raw)
         except (ValueError, TypeError, decimal.InvalidOperation):
-            problems.append((key, "E112", f"{key} {raw!r} does not fit a {spec.type} field", None))
+            problems.append((key, "E112", f"{key} {raw!r} is not a valid {spec.type} value",
+                             f"e.g. {key}: {BOUND_EXAMPLES.get(field_type.name, 0)}"))
     if len(bounds) == 2 and bounds["min"] > bounds["max"]:
         problems.append(("min", "E129", "min is greater than max", "swap them"))
     return problems

@@ -57,3 +57,4 @@ def create(client, plural: str, **data) -> dict:
     response = client.post(f"/api/{plural}", json=data)
     assert response.status_code == 201, response.text
     return response.json()
+

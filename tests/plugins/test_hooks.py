@@ -1,0 +1,226 @@
+"""The first hooks: field types, before/after create/update/delete inside the write, app configuration.
+
+Each hookspec has a test named ``test_hook_<name>``; ``test_every_hookspec_has_a_test`` keeps it so.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from litestar import get
+from litestar.testing import TestClient
+
+from loomcrm.engine import hookspecs
+from loomcrm.engine.errors import Problem
+from loomcrm.engine.fieldtypes import FieldType, FieldValueError
+from loomcrm.engine.hookspecs import hookimpl
+from loomcrm.engine.runtime.context import Context
+
+CRM = """
+entities:
+  account:
+    fields:
+      name: {type: string, required: true}
+      score: {type: integer}
+      iban: {type: iban}
+"""
+
+
+class IbanType(FieldType):
+    name = "iban"
+    filter_ops = frozenset({"eq", "isnull"})
+
+    def column_type(self, field):
+        return sa.String(34)
+
+    def parse(self, field, value):
+        text = str(value).replace(" ", "").upper()
+        if not re.fullmatch(r"[A-Z]{2}\d{2}[A-Z0-9]{10,30}", text):
+            raise FieldValueError("iban", "is not an IBAN")
+        digits = "".join(str(int(c, 36)) for c in text[4:] + text[:4])
+        if int(digits) % 97 != 1:
+            raise FieldValueError("iban", "has a wrong check digit")
+        return text
+
+
+class Recorder:
+    """A plugin that records every call and can be told to fail."""
+
+    def __init__(self, fail_in: str | None = None):
+        self.calls: list[tuple[str, str]] = []
+        self.fail_in = fail_in
+
+    def _seen(self, hook, entity):
+        self.calls.append((hook, entity.name))
+        if self.fail_in == hook:
+            raise Problem(422, "Refused by plugin", detail=f"{hook} said no")
+
+    @hookimpl
+    def loom_field_types(self):
+        return [IbanType()]
+
+    @hookimpl
+    def loom_before_create(self, ctx, entity, data):
+        self._seen("loom_before_create", entity)
+        data["score"] = len(data["name"])
+
+    @hookimpl
+    def loom_after_create(self, ctx, entity, record):
+        self._seen("loom_after_create", entity)
+        assert ctx.conn is not None and record["id"]
+
+    @hookimpl
+    def loom_before_update(self, ctx, entity, old, changes):
+        self._seen("loom_before_update", entity)
+        if "name" in changes:
+            changes["score"] = len(changes["name"])
+
+    @hookimpl
+    def loom_after_update(self, ctx, entity, old, record):
+        self._seen("loom_after_update", entity)
+        assert record["version"] == old["version"] + 1
+
+    @hookimpl
+    def loom_before_delete(self, ctx, entity, record):
+        self._seen("loom_before_delete", entity)
+
+    @hookimpl
+    def loom_after_delete(self, ctx, entity, record):
+        self._seen("loom_after_delete", entity)
+
+    @hookimpl
+    def loom_configure_app(self, app_config, manifest):
+        @get("/plugin/ping", sync_to_thread=False)
+        def ping() -> dict:
+            return {"app": manifest.app_name}
+
+        app_config.route_handlers.append(ping)
+
+
+def build(loom_factory, plugin):
+    return loom_factory(CRM, plugins=[plugin])
+
+
+def names(loom) -> list[str]:
+    return [r["name"] for r in loom.records.list(loom.entity("account"), _q(loom), Context())["data"]]
+
+
+def _q(loom):
+    from loomcrm.engine.runtime.query import parse_list_params
+
+    return parse_list_params(loom.entity("account"), [])
+
+
+def test_hook_loom_field_types(loom_factory):
+    loom = build(loom_factory, Recorder())
+    entity = loom.entity("account")
+    record = loom.records.create(entity, {"name": "A", "iban": "de89 3704 0044 0532 0130 00"}, Context())
+    assert record["iban"] == "DE89370400440532013000"
+    with pytest.raises(Problem) as info:
+        loom.records.create(entity, {"name": "B", "iban": "DE00370400440532013000"}, Context())
+    assert info.value.errors == [{"field": "iban", "code": "iban", "message": "has a wrong check digit"}]
+
+
+def test_hook_loom_before_create(loom_factory):
+    loom = build(loom_factory, Recorder())
+    assert loom.records.create(loom.entity("account"), {"name": "Acme"}, Context())["score"] == 4
+
+
+def test_hook_loom_after_create(loom_factory):
+    plugin = Recorder(fail_in="loom_after_create")
+    loom = build(loom_factory, plugin)
+    with pytest.raises(Problem):
+        loom.records.create(loom.entity("account"), {"name": "Rolled back"}, Context())
+    assert names(loom) == []  # the insert was rolled back with the failing hook
+    assert plugin.calls == [("loom_before_create", "account"), ("loom_after_create", "account")]
+
+
+def test_hook_loom_before_update(loom_factory):
+    loom = build(loom_factory, Recorder())
+    entity = loom.entity("account")
+    record = loom.records.create(entity, {"name": "A"}, Context())
+    assert loom.records.update(entity, record["id"], {"name": "Longer"}, Context())["score"] == 6
+
+
+def test_hook_loom_after_update(loom_factory):
+    loom = build(loom_factory, Recorder(fail_in="loom_after_update"))
+    entity = loom.entity("account")
+    record = loom.records.create(entity, {"name": "Before"}, Context())
+    with pytest.raises(Problem):
+        loom.records.update(entity, record["id"], {"name": "After"}, Context())
+    assert loom.records.get(entity, record["id"], Context())["name"] == "Before"
+
+
+def test_hook_loom_before_delete(loom_factory):
+    loom = build(loom_factory, Recorder(fail_in="loom_before_delete"))
+    entity = loom.entity("account")
+    record = loom.records.create(entity, {"name": "Kept"}, Context())
+    with pytest.raises(Problem):
+        loom.records.delete(entity, record["id"], Context())
+    assert names(loom) == ["Kept"]
+
+
+def test_hook_loom_after_delete(loom_factory):
+    plugin = Recorder(fail_in="loom_after_delete")
+    loom = build(loom_factory, plugin)
+    entity = loom.entity("account")
+    record = loom.records.create(entity, {"name": "Kept"}, Context())
+    with pytest.raises(Problem):
+        loom.records.delete(entity, record["id"], Context())
+    assert names(loom) == ["Kept"]
+    assert ("loom_after_delete", "account") in plugin.calls
+
+
+def test_hook_loom_configure_app(loom_factory):
+    loom = build(loom_factory, Recorder())
+    with TestClient(loom.asgi()) as client:
+        assert client.get("/plugin/ping").json() == {"app": "Test CRM"}
+
+
+def test_a_hook_value_that_breaks_the_field_type_is_rejected(loom_factory):
+    class Bad:
+        @hookimpl
+        def loom_before_create(self, ctx, entity, data):
+            data["score"] = "not a number"
+
+    loom = loom_factory(CRM.replace("      iban: {type: iban}\n", ""), plugins=[Bad()])
+    with pytest.raises(Problem) as info:
+        loom.records.create(loom.entity("account"), {"name": "A"}, Context())
+    assert info.value.errors[0]["field"] == "score"
+
+
+def test_a_plugin_can_replace_a_builtin_field_type(loom_factory):
+    class ShoutingString(FieldType):
+        name = "string"
+        filter_ops = frozenset({"eq"})
+
+        def params(self, spec, app):
+            return {"max_length": 255}
+
+        def column_type(self, field):
+            return sa.String(255)
+
+        def parse(self, field, value):
+            return str(value).upper()
+
+    class Plugin:
+        @hookimpl
+        def loom_field_types(self):
+            return [ShoutingString()]
+
+    loom = loom_factory(CRM.replace("      iban: {type: iban}\n", ""), plugins=[Plugin()])
+    assert loom.records.create(loom.entity("account"), {"name": "quiet"}, Context())["name"] == "QUIET"
+
+
+def test_every_hookspec_has_a_test_and_is_documented():
+    specs = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("loom_")]
+    tests = Path(__file__).read_text()
+    docs_file = Path(__file__).parents[2] / "docs" / "plugins.md"
+    docs = docs_file.read_text() if docs_file.exists() else ""
+    for name in specs:
+        assert f"def test_hook_{name}(" in tests, f"hook {name} has no test_hook_{name}"
+        assert name in docs, f"hook {name} is not documented in docs/plugins.md"
