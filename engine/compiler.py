@@ -24,6 +24,7 @@ from .fieldtypes import COMMON_OPTIONS, FieldType, FieldValueError
 from .loader import LoadedConfig
 from .manifest import SYSTEM_FIELDS, Entity, Field, Index, Manifest, Relation, localized
 from .names import (
+    IDENTIFIER,
     MAX_TABLE_NAME,
     RESERVED_ENTITY_NAMES,
     RESERVED_FIELD_NAMES,
@@ -34,7 +35,7 @@ from .names import (
 from .plugins import field_types, make_plugin_manager
 from .validation import describe_path
 
-__all__ = ["compile_manifest", "compile_project"]
+__all__ = ["compile_manifest", "compile_project", "IDENTIFIER", "RESERVED_ENTITY_NAMES"]
 
 LOCALE = re.compile(r"^[a-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
 DYNAMIC_DEFAULTS = {"now": ("datetime",), "today": ("date", "datetime"), "current_user": ("integer", "ref")}
@@ -172,10 +173,10 @@ def _compile_entity(loaded, name, spec: EntitySpec, types, app, errors) -> Entit
         (c for c in ("name", "title", "subject") if c in spec.fields),
         next((f for f, s in spec.fields.items() if s.type == "string"), "id"),
     )
-    if title not in fields:
+    if title not in fields and title not in spec.fields:  # a field that failed has its own error
         errors.append(_err(loaded, name, ("title",), "E125", f"title field '{title}' does not exist in entity '{name}'",
                            did_you_mean(title, spec.fields) or "name one of the entity's fields", key=False))
-    elif fields[title].column is None:
+    elif title in fields and fields[title].column is None:
         errors.append(_err(loaded, name, ("title",), "E126",
                            f"title field '{title}' is a {fields[title].type} field, which cannot name a record",
                            "choose a field with one value per record, e.g. a string field", key=False))
@@ -300,8 +301,7 @@ def _compile_field(loaded, entity, name, spec: FieldSpec, types, app, errors) ->
 
 
 def _options_hint(field_type: FieldType) -> str:
-    extra = sorted(field_type.options)
-    return f"{field_type.name} fields take: {', '.join(sorted(COMMON_OPTIONS - {'type'}) + extra)}"
+    return f"{field_type.name} fields take: {', '.join(sorted((COMMON_OPTIONS | field_type.options) - {'type'}))}"
 
 
 def _bound(field_type: FieldType, raw: Any) -> Any:

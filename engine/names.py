@@ -59,7 +59,7 @@ def check_identifier(name: str, kind: str, reserved: frozenset[str], *, owner: s
         return ("E122", f"{kind} name '{name}' is reserved: names starting with 'loom_' are Loom's own",
                 f"drop the prefix, e.g. '{name[5:]}'")
     if name in reserved:
-        if kind == "field" or name in RESERVED_FIELD_NAMES:
+        if reserved is RESERVED_FIELD_NAMES:
             why = "every entity has a system field of that name"
         elif name in SYSTEM_ENTITY_NAMES:
             why = "Loom keeps it for its own records"

@@ -496,7 +496,7 @@ def _check_min_max(field_type, spec):
             problems.append((key, "E112", f"{key} {raw!r} is not a valid {spec.type} value",
                              f"e.g. {key}: {BOUND_EXAMPLES.get(field_type.name, 0)}"))
     if len(bounds) == 2 and bounds["min"] > bounds["max"]:
-        problems.append(("min", "E129", "min is greater than max", "swap them"))
+        problems.append(("min", "E129", f"min {bounds['min']} is greater than max {bounds['max']}", "swap them"))
     return problems
 
 
