@@ -292,7 +292,8 @@ def _plain(node: Any, path: Path_, source: SourceFile) -> Any:
             vline, vcol = node.lc.value(k)
             child = (*path, str(k))
             source.key_marks[child] = (line + 1, col + 1)
-            source.value_marks[child] = (vline + 1, vcol + 1)
+            # an empty value ('other:') has no place of its own; ruamel gives the next token's
+            source.value_marks[child] = (vline + 1, vcol + 1) if node[k] is not None else (line + 1, col + 1)
             result[str(k)] = _plain(node[k], child, source)
         return result
     if isinstance(node, CommentedSeq):

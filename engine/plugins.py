@@ -45,7 +45,7 @@ def make_plugin_manager(
                         where or Location("loom.yaml"),
                         "E130",
                         f"plugin '{plugin}' could not be imported: {type(exc).__name__}: {exc}",
-                        "check the module path under 'plugins:' and that the package is installed",
+                        _import_hint(plugin, exc),
                     )
                 )
                 continue
@@ -55,6 +55,17 @@ def make_plugin_manager(
     if errors:
         raise ConfigErrors(errors)
     return pm
+
+
+def _import_hint(plugin: str, exc: Exception) -> str:
+    missing = getattr(exc, "name", None) if isinstance(exc, ModuleNotFoundError) else None
+    if missing and not (plugin == missing or plugin.startswith(f"{missing}.")):
+        top = missing.split(".")[0]
+        return f"the plugin imports '{missing}', which is not installed: install it, e.g. pip install {top}"
+    if missing:
+        return ("check the module path under 'plugins:': it names an installed package, or a module "
+                "in the project directory (acme_scoring for acme_scoring.py)")
+    return f"the error is in the plugin's own code: python -c 'import {plugin}' shows where"
 
 
 def field_types(pm: pluggy.PluginManager) -> dict[str, FieldType]:

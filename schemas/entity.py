@@ -6,7 +6,7 @@ option valid for the field's type) is checked by the compiler, which sees the wh
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -84,6 +84,6 @@ class EntitySpec(SpecModel):
     description: str | None = None
     fields: dict[str, FieldSpec] = Field(default_factory=dict)
     indexes: list[IndexSpec] = Field(default_factory=list)
-    unique_together: list[list[str]] = Field(
+    unique_together: list[Annotated[list[str], Field(min_length=1)]] = Field(
         default_factory=list, description="Groups of fields whose combined values must be unique."
     )
