@@ -22,6 +22,7 @@ import json
 import os
 import secrets
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,10 +45,14 @@ APPS = {"loom": ["loomcrm.engine.app:create_app"], "baseline": ["--app-dir", str
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", type=int, default=100_000, help="accounts to insert (default 100000)")
     p.add_argument("--duration", type=float, default=10, help="seconds measured per scenario and app (default 10)")
     p.add_argument("--warmup", type=float, default=2, help="seconds of unmeasured load before each run (default 2)")
+    p.add_argument("--rounds", type=int, default=1, help="repeat every run this often and report the median "
+                   "(default 1; use 3 on a busy machine)")
+    p.add_argument("--no-analyze", action="store_true", help="skip ANALYZE after the bulk insert (Loom does not "
+                   "run it; without statistics SQLite sorts the region filter through the (region, industry) index)")
     p.add_argument("--connections", type=int, default=32, help="concurrent keep-alive connections (default 32)")
     p.add_argument("--sync-to-thread", choices=("0", "1", "both"), default="1",
                    help="LOOM_SYNC_TO_THREAD for both apps: run sync handlers in threads (1, default) or on the loop (0)")
@@ -101,7 +106,7 @@ def account_rows(start: int, stop: int) -> list[dict]:
     return rows
 
 
-def prepare(url: str, rows: int, batch: int = 5_000) -> tuple[int, int]:
+def prepare(url: str, rows: int, analyze: bool, batch: int = 5_000) -> tuple[int, int]:
     """``loom migrate`` the sales example into ``url``, bulk-insert ``rows`` accounts; return (min id, max id)."""
     from loomcrm.engine.compiler import compile_project
     from loomcrm.engine.database import create_db_engine
@@ -119,11 +124,12 @@ def prepare(url: str, rows: int, batch: int = 5_000) -> tuple[int, int]:
             with engine.begin() as conn:
                 conn.execute(table.insert(), account_rows(start, min(start + batch, rows + 1)))
         with engine.begin() as conn:
-            conn.exec_driver_sql("ANALYZE")
+            if analyze:
+                conn.exec_driver_sql("ANALYZE")
             low, high = conn.execute(sa.select(sa.func.min(table.c.id), sa.func.max(table.c.id))).one()
     finally:
         engine.dispose()
-    print(f"inserted {rows} accounts in {time.perf_counter() - started:.1f} s (then ANALYZE)")
+    print(f"inserted {rows} accounts in {time.perf_counter() - started:.1f} s" + (", then ANALYZE" if analyze else ""))
     return low, high
 
 
@@ -212,17 +218,25 @@ def fmt_latency(r: Result) -> str:
     return f"{r.p50_ms:.1f}/{r.p99_ms:.1f}" if r.p99_ms is not None else "n/a"
 
 
-def report(sync: str, results: dict[str, dict[str, Result]]) -> None:
+def median(results: list[Result]) -> Result:
+    """The run with the median req/s (with its own latencies)."""
+    return sorted(results, key=lambda r: r.rps)[len(results) // 2]
+
+
+def report(sync: str, runs: dict[str, dict[str, list[Result]]]) -> None:
+    """Median req/s per app; the ratio is the median of the per-round ratios (each round runs both apps
+    back to back, so a burst of other work on the machine hits both)."""
     print(f"\nsync_to_thread={sync}")
     header = f"{'scenario':<9}{'Loom req/s':>12}{'baseline req/s':>16}{'Loom/base':>11}   " \
              f"{'Loom p50/p99 ms':>16}{'base p50/p99 ms':>17}{'errors L/B':>12}"
     print(header + "\n" + "-" * len(header))
-    for scenario, r in results.items():
-        loom, base = r["loom"], r["baseline"]
-        ratio = loom.rps / base.rps if base.rps else float("nan")
-        flag = "ok" if ratio >= TARGET else "LOW"
-        print(f"{scenario:<9}{loom.rps:>12.0f}{base.rps:>16.0f}{ratio:>9.2f} {flag:<3}  "
-              f"{fmt_latency(loom):>16}{fmt_latency(base):>17}{f'{loom.errors}/{base.errors}':>12}")
+    for scenario, by_app in runs.items():
+        loom, base = median(by_app["loom"]), median(by_app["baseline"])
+        ratios = [a.rps / b.rps for a, b in zip(by_app["loom"], by_app["baseline"], strict=True) if b.rps]
+        ratio = round(statistics.median(ratios), 2) if ratios else float("nan")
+        errors = f"{sum(r.errors for r in by_app['loom'])}/{sum(r.errors for r in by_app['baseline'])}"
+        print(f"{scenario:<9}{loom.rps:>12.0f}{base.rps:>16.0f}{ratio:>9.2f} {'ok' if ratio >= TARGET else 'LOW':<3}  "
+              f"{fmt_latency(loom):>16}{fmt_latency(base):>17}{errors:>12}")
     print(f"target: Loom/baseline >= {TARGET} (LOW marks a miss)")
 
 
@@ -255,23 +269,25 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="loom-bench-") as tmp_name, database(args.database_url, Path(tmp_name)) as url:
         tmp = Path(tmp_name)
         print(f"database: {make_url(url).render_as_string()}  rows: {args.rows}")
-        ids = prepare(url, args.rows)
+        ids = prepare(url, args.rows, not args.no_analyze)
         print(f"server: uvicorn, 1 worker, loop={loop}, http={http}, "
               f"{'pinned to CPU ' + pin[-1] if pin else 'not pinned (needs taskset and 2 CPUs)'}")
         print(f"driver: {'wrk' if wrk else 'python asyncio (less precise than wrk)'}, {args.connections} "
               f"connections, {args.warmup:g} s warm-up + {args.duration:g} s per run"
-              + (f", CPU {driver_cpu}" if driver_cpu is not None else ""))
+              + (f", CPU {driver_cpu}" if driver_cpu is not None else "") + f", {args.rounds} round(s)")
+        print(f"load average before the runs: {os.getloadavg()[0]:.2f} (other work on the CPUs skews the figures)")
         for sync in modes:
-            results: dict[str, dict[str, Result]] = {}
+            runs: dict[str, dict[str, list[Result]]] = {s: {"loom": [], "baseline": []} for s in scenarios}
             with servers(url, sync, tmp, pin) as ports:
                 sanity_check(ports, ids)
-                for scenario in scenarios:
-                    results[scenario] = {}
-                    for name, port in ports.items():
-                        results[scenario][name] = r = measure(wrk, port, scenario, ids, args, tmp, driver_cpu)
-                        print(f"  sync_to_thread={sync} {scenario:<7} {name:<9} {r.rps:8.0f} req/s", flush=True)
-            report(sync, results)
-
+                for round_ in range(args.rounds):
+                    for scenario in scenarios:
+                        for name in (APPS if round_ % 2 == 0 else reversed(APPS)):  # alternate who goes first
+                            r = measure(wrk, ports[name], scenario, ids, args, tmp, driver_cpu)
+                            runs[scenario][name].append(r)
+                            print(f"  sync_to_thread={sync} round {round_ + 1} {scenario:<7} {name:<9} "
+                                  f"{r.rps:8.0f} req/s", flush=True)
+            report(sync, runs)
 
 if __name__ == "__main__":
     main()

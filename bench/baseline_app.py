@@ -22,6 +22,7 @@ import msgspec
 import sqlalchemy as sa
 from litestar import Litestar, Request, Response, get, post
 from litestar.params import Parameter
+
 from loomcrm.engine.database import create_db_engine, write_lock
 
 REGIONS = frozenset({"north", "east", "south", "west", "overseas"})

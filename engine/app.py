@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import pluggy
 import sqlalchemy as sa
@@ -52,7 +50,6 @@ class Loom:
     @classmethod
     def from_project(cls, path: str | os.PathLike, *, database_url: str | None = None,
                      plugins: list | None = None) -> Loom:
-        _importable(Path(path))
         manifest, pm = compile_project(path, plugins=plugins)
         return cls.from_manifest(manifest, pm, database_url=database_url)
 
@@ -96,13 +93,6 @@ class Loom:
 
     def close(self) -> None:
         self.engine.dispose()
-
-
-def _importable(path: Path) -> None:
-    """Let ``plugins:`` and ``seed.py`` name modules that live beside loom.yaml."""
-    directory = str((path if path.is_dir() else path.parent).resolve())
-    if directory not in sys.path:
-        sys.path.insert(0, directory)
 
 
 @get("/health", include_in_schema=False, sync_to_thread=False)

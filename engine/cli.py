@@ -50,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if getattr(args, "database", None):
+        args.database = _from_cwd(args.database)
     try:
         return COMMANDS[args.command](args) or 0
     except ConfigErrors as exc:
@@ -64,7 +66,12 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         import sqlalchemy.exc
 
-        if isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.ArgumentError):
+        from .database import DatabaseURLError
+
+        if isinstance(exc, DatabaseURLError):
+            print(f"loom: {exc}", file=sys.stderr)
+            return 1
+        if isinstance(exc, sqlalchemy.exc.OperationalError):
             print(f"loom: database error: {exc.orig if hasattr(exc, 'orig') else exc}", file=sys.stderr)
             print("hint: check the database URL (--database, $LOOM_DATABASE_URL or 'database:' in loom.yaml)",
                   file=sys.stderr)
@@ -72,15 +79,33 @@ def main(argv: list[str] | None = None) -> int:
         raise
 
 
+def _from_cwd(url: str) -> str:
+    """``--database sqlite:///x.db`` means ./x.db wherever the command runs (workers included)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return url  # reported when used
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        return parsed.set(database=os.path.abspath(parsed.database)).render_as_string(hide_password=False)
+    return url
+
+
 def _validate(args) -> int:
     from .commands import validate
 
     manifest = validate(args.project)
     fields = sum(len(e.user_fields) for e in manifest.entities.values())
-    print(f"ok: {manifest.app_name}: {len(manifest.entities)} entities, {fields} fields")
+    print(f"ok: {manifest.app_name}: {_count(len(manifest.entities), 'entity', 'entities')}, "
+          f"{_count(fields, 'field', 'fields')}")
     for entity in manifest.entities.values():
         print(f"  {entity.name:<24} /api/{entity.plural:<24} {len(entity.user_fields)} fields")
     return 0
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
 
 
 def _plan(args) -> int:

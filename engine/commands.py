@@ -68,7 +68,10 @@ def applied_manifest(conn: sa.Connection) -> tuple[dict[str, Any] | None, bool]:
 def plan(project: str | os.PathLike, *, database_url: str | None = None) -> PlannedMigration:
     """What ``migrate`` would do, without changing anything."""
     manifest, _ = compile_project(project)
-    engine = create_db_engine(database_url or manifest.database_url)
+    url = database_url or manifest.database_url
+    if _missing_sqlite_file(url):  # planning is read-only: do not create the file by connecting
+        return PlannedMigration(manifest, plan_migration(None, manifest, has_migrations_table=False), "sqlite")
+    engine = create_db_engine(url)
     try:
         with engine.connect() as conn:
             old, has_table = applied_manifest(conn)
@@ -76,6 +79,12 @@ def plan(project: str | os.PathLike, *, database_url: str | None = None) -> Plan
                                 engine.dialect.name)
     finally:
         engine.dispose()
+
+
+def _missing_sqlite_file(url: str) -> bool:
+    parsed = sa.engine.make_url(url)
+    return parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:") \
+        and not Path(parsed.database).exists()
 
 
 def migrate(project: str | os.PathLike, *, database_url: str | None = None, applied_by: str | None = None) -> Plan:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import zoneinfo
 from dataclasses import replace
 from typing import Any
@@ -46,11 +47,19 @@ def compile_project(path: str | os.PathLike, *, plugins: list | None = None) -> 
     from .loader import load_config
 
     loaded = load_config(path)
+    importable(loaded.project_dir)
     pm = make_plugin_manager(
         [*loaded.project.plugins, *(plugins or [])],
         where=loaded.project_source.where(("plugins",), key=True),
     )
     return compile_manifest(loaded, pm), pm
+
+
+def importable(project_dir) -> None:
+    """Let ``plugins:`` (and ``seed.py``) name modules that live beside loom.yaml."""
+    directory = str(project_dir)
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
 
 
 def compile_manifest(loaded: LoadedConfig, pm: pluggy.PluginManager) -> Manifest:
@@ -79,9 +88,12 @@ def compile_manifest(loaded: LoadedConfig, pm: pluggy.PluginManager) -> Manifest
     try:
         url = resolve_database_url(database.url if database else None, loaded.project_dir)
     except sa_exc.ArgumentError:
+        # the environment's URL may hold a password: name the variable, never echo it
+        from_env = bool(os.environ.get(ENV_DATABASE_URL))
+        culprit = f"${ENV_DATABASE_URL}" if from_env else "'database.url'"
         errors.append(ConfigError(
             loaded.project_source.where(("database", "url")), "E112",
-            f"the database URL is not one SQLAlchemy can read (from 'database.url' or ${ENV_DATABASE_URL})",
+            f"{culprit} is not a database URL SQLAlchemy can read" + ("" if from_env else f" (got {database.url!r})"),
             "e.g. sqlite:///crm.db or postgresql+psycopg://user:password@host/crm"))
     if errors:
         raise ConfigErrors(errors)
@@ -263,7 +275,7 @@ def _compile_field(loaded, entity, name, spec: FieldSpec, types, app, errors) ->
     locales = list(app.locales)
     _identifier(loaded, entity, path, name, "field", RESERVED_FIELD_NAMES, errors, owner=entity)
     if spec.related_name is not None:
-        _identifier(loaded, entity, (*path, "related_name"), spec.related_name, "related_name",
+        _identifier(loaded, entity, (*path, "related_name"), spec.related_name, "reverse list",
                     RESERVED_FIELD_NAMES, errors, owner=entity)
     label = _label(loaded, entity, (*path, "label"), spec.label, humanize(name), locales, errors)
     help_text = _label(loaded, entity, (*path, "help"), spec.help, "", locales, errors) if spec.help else {}
@@ -281,7 +293,8 @@ def _compile_field(loaded, entity, name, spec: FieldSpec, types, app, errors) ->
                            _options_hint(field_type)))
     params = field_type.params(spec, app)
     for key, code, message, hint in field_type.check(spec, params):
-        errors.append(_err(loaded, entity, (*path, key), code, f"{message} (field '{entity}.{name}')", hint))
+        errors.append(_err(loaded, entity, (*path, key), code, f"{message} (field '{entity}.{name}')", hint,
+                           key=False))
     field = Field(
         name=name, type=spec.type, field_type=field_type, column=None, label=label, help=help_text,
         required=spec.required, unique=spec.unique, indexed=spec.indexed, read_only=spec.read_only,

@@ -10,7 +10,11 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 
-__all__ = ["resolve_database_url", "create_db_engine", "ENV_DATABASE_URL", "write_lock"]
+__all__ = ["resolve_database_url", "create_db_engine", "ENV_DATABASE_URL", "write_lock", "DatabaseURLError"]
+
+
+class DatabaseURLError(ValueError):
+    """A database URL Loom cannot use: malformed, or for a database it does not support."""
 
 ENV_DATABASE_URL = "LOOM_DATABASE_URL"
 DEFAULT_URL = "sqlite:///loom.db"
@@ -38,7 +42,14 @@ def create_db_engine(url: str, **kwargs) -> sa.Engine:
     ``execution_options(loom_write=True)`` starts with ``BEGIN IMMEDIATE``, taking the write lock
     up front instead of failing with "database is locked" when two processes upgrade at once.
     """
-    parsed = make_url(url)
+    try:
+        parsed = make_url(url)
+    except sa.exc.ArgumentError:
+        raise DatabaseURLError(f"'{url}' is not a database URL; write sqlite:///path/to/file.db "
+                               "or postgresql+psycopg://user@host:5432/dbname") from None
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise DatabaseURLError(f"Loom runs on SQLite and PostgreSQL, not '{parsed.get_backend_name()}'; "
+                               "write sqlite:///path/to/file.db or postgresql+psycopg://user@host:5432/dbname")
     if parsed.get_backend_name() != "sqlite":
         kwargs.setdefault("pool_size", 10)
         kwargs.setdefault("max_overflow", 20)

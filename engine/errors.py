@@ -2,18 +2,18 @@
 
 Config error codes:
 
-====  =========================================================
+====  ===========================================================================
 E100  YAML syntax error
 E101  duplicate key in a mapping
 E102  include pattern matched no file / file not found
-E110  unknown key
+E110  unknown key (or a label locale the app does not have)
 E111  missing required key
 E112  value of the wrong type or out of range
 E113  key only allowed in the project file
 E120  unknown field type
-E121  identifier is not snake_case ASCII / too long
+E121  identifier is not snake_case ASCII / too long (also a derived table name)
 E122  reserved identifier
-E123  name defined twice
+E123  name defined or listed twice, or clashing with another
 E124  reference to an entity that does not exist
 E125  reference to a field that does not exist
 E126  option does not apply to this field type
@@ -21,7 +21,7 @@ E127  invalid default value
 E128  invalid enum options
 E129  contradictory options
 E130  plugin could not be loaded
-====  =========================================================
+====  ===========================================================================
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Read YAML config files into spec models, keeping where every key and value was written.
 
 ``load_config(path)`` reads ``loom.yaml`` and the files it includes, validates each against
-:class:`~loomcrm.schemas.ConfigFileSpec` and returns a :class:`LoadedConfig`. Every error carries
-``file:line:col``; all of them are collected and raised together as :class:`ConfigErrors`.
+:class:`~loomcrm.schemas.ConfigFileSpec` (see :mod:`.validation`) and returns a :class:`LoadedConfig`.
+Every error carries ``file:line:col``; all of them are collected and raised together as
+:class:`ConfigErrors`.
 """
 
 from __future__ import annotations

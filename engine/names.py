@@ -43,18 +43,23 @@ def check_identifier(name: str, kind: str, reserved: frozenset[str], *, owner: s
 
     ``owner`` (the entity a field belongs to) makes suggestions specific: ``account_owner``.
     """
+    word = kind.replace(" ", "_")
+    has_label = kind in ("entity", "field")  # other names (plural, index...) have no label of their own
     if not IDENTIFIER.match(name):
         message = (f"{kind} name '{name}' must be snake_case ASCII: lower-case letters, digits and '_', "
                    "starting with a letter")
-        if not name.isascii():  # no spelling can be derived from another script: keep it as the label
-            return "E121", message, f"choose an ASCII name, e.g. 'my_{kind}', and keep '{name}' in 'label:'"
-        suggestion = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or f"my_{kind}"
+        if not name.isascii():  # no spelling can be derived from another script
+            keep = f", and keep '{name}' in 'label:'" if has_label else ""
+            return "E121", message, f"choose an ASCII name, e.g. 'my_{word}'{keep}"
+        suggestion = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or f"my_{word}"
         if suggestion[:1].isdigit():
-            suggestion = f"{kind}_{suggestion}"
-        return "E121", message, f"try '{suggestion[:MAX_IDENTIFIER]}'; put the text people read in 'label:'"
+            suggestion = f"{word}_{suggestion}"
+        keep = "; put the text people read in 'label:'" if has_label else ""
+        return "E121", message, f"try '{suggestion[:MAX_IDENTIFIER]}'{keep}"
     if len(name) > MAX_IDENTIFIER:
+        keep = "; put the text people read in 'label:'" if has_label else ""
         return ("E121", f"{kind} name '{name}' has {len(name)} characters; at most {MAX_IDENTIFIER} are allowed",
-                "choose a shorter name; put the text people read in 'label:'")
+                f"choose a shorter name{keep}")
     if name.startswith("loom_"):
         return ("E122", f"{kind} name '{name}' is reserved: names starting with 'loom_' are Loom's own",
                 f"drop the prefix, e.g. '{name[5:]}'")
@@ -65,9 +70,9 @@ def check_identifier(name: str, kind: str, reserved: frozenset[str], *, owner: s
             why = "Loom keeps it for its own records"
         else:
             why = "it is an SQL keyword"
+        keep = f"; 'label:' can still say '{humanize(name)}'" if has_label else ""
         better = f"{owner}_{name}" if owner else f"crm_{name}"
-        return ("E122", f"{kind} name '{name}' is reserved: {why}",
-                f"choose another name, e.g. '{better}'; 'label:' can still say '{humanize(name)}'")
+        return "E122", f"{kind} name '{name}' is reserved: {why}", f"choose another name, e.g. '{better}'{keep}"
     return None
 
 

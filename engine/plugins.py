@@ -64,7 +64,7 @@ def _import_hint(plugin: str, exc: Exception) -> str:
         return f"the plugin imports '{missing}', which is not installed: install it, e.g. pip install {top}"
     if missing:
         return ("check the module path under 'plugins:': it names an installed package, or a module "
-                "in the project directory (acme_scoring for acme_scoring.py)")
+                f"in the project directory ({plugin.split('.')[0]}.py beside loom.yaml)")
     return f"the error is in the plugin's own code: python -c 'import {plugin}' shows where"
 
 

@@ -219,16 +219,22 @@ def _problem(issue: _Issue) -> tuple[str, str | None]:
             hint = f"put it in quotes to use it as text: '{_shown(value)}'"
         elif issue.type == "list_type" and isinstance(value, str):
             hint = f"write a list: [{value}]"
-        elif expected == "a mapping of keys" and path[:1] == ("entities",) and len(path) in (2, 4):
-            example = f"{{type: {value}}}" if isinstance(value, str) and value else "{type: string}"
+        elif expected == "a mapping of keys" and path[:1] == ("entities",):
             if len(path) == 2:
-                example = "{fields: {name: {type: string}}}"
-            hint = f"write it as '{path[-1]}: {example}'"
+                hint = f"write it as '{path[1]}: {{fields: {{name: {{type: string}}}}}}'"
+            elif len(path) == 4 and path[2] == "fields":
+                example = f"{{type: {value}}}" if isinstance(value, str) and value else "{type: string}"
+                hint = f"write it as '{path[3]}: {example}'"
+            elif path[2:3] == ("indexes",) and len(path) == 4:
+                shown = ", ".join(map(str, value)) if isinstance(value, list) else "name"
+                hint = f"write it as '- {{fields: [{shown}]}}'"
         return f"must be {expected}", hint
-    if issue.type in ("greater_than_equal", "greater_than"):
-        return f"must be at least {ctx.get('ge', ctx.get('gt'))}", None
-    if issue.type in ("less_than_equal", "less_than"):
-        return f"must be at most {ctx.get('le', ctx.get('lt'))}", None
+    if issue.type in ("greater_than_equal", "less_than_equal"):
+        bound = "at least" if issue.type == "greater_than_equal" else "at most"
+        return f"must be {bound} {ctx.get('ge', ctx.get('le'))}", None
+    if issue.type in ("greater_than", "less_than"):
+        bound = "greater than" if issue.type == "greater_than" else "less than"
+        return f"must be {bound} {ctx.get('gt', ctx.get('lt'))}", None
     if issue.type == "too_short":
         least = ctx.get("min_length", 1)
         return ("must not be empty" if least == 1 else f"must have at least {least} items"), None
@@ -245,9 +251,9 @@ def _shown(value: Any) -> str:
     if value is None:
         return "null"
     if isinstance(value, dict):
-        return "a mapping"
+        return "a mapping" if value else "an empty mapping"
     if isinstance(value, list):
-        return "a list"
+        return "a list" if value else "an empty list"
     if isinstance(value, str):
         return repr(value if len(value) <= 40 else value[:37] + "...")
     return str(value)

@@ -11,8 +11,8 @@ from typing import Annotated, Any
 
 from litestar import Request, Response, Router, delete, get, patch, post
 from litestar.openapi.datastructures import ResponseSpec
-from pydantic import BaseModel
 from litestar.params import FromPath, HeaderParameter, JSONBody, Parameter, SkipValidation
+from pydantic import BaseModel
 
 from loomcrm.engine.errors import Problem
 from loomcrm.engine.manifest import Entity, text_for

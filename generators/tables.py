@@ -100,7 +100,7 @@ def entity_table(metadata: sa.MetaData, entity: Entity, manifest: Manifest) -> s
                 info={"loom": f"{entity.name}.{field.name}", "source": field.source},
             )
         )
-    columns += [
+    system = [
         sa.Column("created_at", UTCDateTime(), nullable=False),
         sa.Column("updated_at", UTCDateTime(), nullable=False),
         sa.Column("created_by", id_type(), nullable=True),
@@ -108,6 +108,9 @@ def entity_table(metadata: sa.MetaData, entity: Entity, manifest: Manifest) -> s
         sa.Column("owner", id_type(), nullable=True, index=True),
         sa.Column("version", sa.Integer(), nullable=False, server_default=sa.text("1")),
     ]
+    for column in system:
+        column.info["loom"] = f"{entity.name}.{column.name}"
+    columns += system
     table = sa.Table(entity.table, metadata, *columns, info={"loom": entity.name})
     for index in entity.indexes:
         cols = [table.c[entity.fields[f].column] for f in index.fields]

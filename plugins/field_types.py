@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import functools
 import re
+import zoneinfo
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -216,7 +218,7 @@ class DateType(FieldType):
     def python_type(self, field):
         return dt.date
 
-    def parse_plain(self, value):
+    def parse_plain(self, value, zone: dt.tzinfo = dt.UTC):
         if isinstance(value, dt.datetime):
             raise _bad("type", "must be a date without time, e.g. 2024-01-05")
         if isinstance(value, dt.date):
@@ -229,14 +231,19 @@ class DateType(FieldType):
         raise _bad("type", "must be a date in ISO form, e.g. 2024-01-05")
 
     def parse(self, field, value):
-        return _check_range(field, self.parse_plain(value))
+        return _check_range(field, self.parse_plain(value, _zone(field.params.get("timezone"))))
 
     def dump(self, field, value):
         return None if value is None else value.isoformat()
 
 
 class DateTimeType(DateType):
+    """A moment in time, stored in UTC. Input without an offset is read in the app's time zone."""
+
     name = "datetime"
+
+    def params(self, spec, app):
+        return {"timezone": app.timezone}
 
     def column_type(self, field):
         return UTCDateTime()
@@ -244,7 +251,7 @@ class DateTimeType(DateType):
     def python_type(self, field):
         return dt.datetime
 
-    def parse_plain(self, value):
+    def parse_plain(self, value, zone: dt.tzinfo = dt.UTC):
         if isinstance(value, str):
             text = value.strip()
             try:
@@ -254,7 +261,7 @@ class DateTimeType(DateType):
         if not isinstance(value, dt.datetime):
             raise _bad("type", "must be a date and time in ISO form, e.g. 2024-01-05T09:30:00+08:00")
         if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.UTC)  # naive input is taken as UTC
+            value = value.replace(tzinfo=zone)  # wall-clock time where the CRM is used
         return value.astimezone(dt.UTC)
 
     def dump(self, field, value):
@@ -482,6 +489,11 @@ class RefsType(RefType):
 
 
 BOUND_EXAMPLES = {"date": "2024-01-05", "datetime": "2024-01-05T09:30:00Z", "decimal": 9.99, "money": 9.99}
+
+
+@functools.lru_cache(maxsize=64)
+def _zone(name: str | None) -> dt.tzinfo:
+    return zoneinfo.ZoneInfo(name) if name and name != "UTC" else dt.UTC
 
 
 def _check_min_max(field_type, spec):

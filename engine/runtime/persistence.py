@@ -161,7 +161,7 @@ def dump_record(entity: Entity, record: dict[str, Any], names: list[str] | None 
     """The JSON form of a record: each value through its field type's ``dump``."""
     fields = entity.fields
     out = {}
-    for name in names if names is not None else record:
+    for name in names if names is not None else fields:
         if name not in record:
             continue
         value = record[name]

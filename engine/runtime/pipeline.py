@@ -109,7 +109,7 @@ class Records:
 
     # --- writing ---------------------------------------------------------------------------------
     def create(self, entity: Entity, data: dict[str, Any], ctx: Context) -> dict:
-        values = self.validate(entity, data, partial=False)
+        values = self.checked(entity, data, partial=False)
         self._apply_defaults(entity, values, ctx)
         missing = [f for f in entity.user_fields if f.required and values.get(f.name) is None]
         if missing:
@@ -133,17 +133,16 @@ class Records:
 
     def update(self, entity: Entity, record_id: int, data: dict[str, Any], ctx: Context,
                version: int | None = None) -> dict:
-        changes = self.validate(entity, data, partial=True)
+        changes = self.checked(entity, data, partial=True)
         try:
             with self.writing(ctx) as conn:
-                old = self.store.fetch(conn, entity, record_id, for_update=True)
-                if old is None:
-                    raise not_found(entity, record_id)
-                check_version(entity, old, version)
+                old = self._current(conn, entity, record_id, version)
                 if hook := self._hook("loom_before_update"):
                     before = dict(changes)
                     hook(ctx=ctx, entity=entity, old=dict(old), changes=changes)
                     self._revalidate(entity, before, changes)
+                if not changes:  # nothing to change: no new version, no conflict for others
+                    return dump_record(entity, old)
                 cleared = [n for n, v in changes.items() if v is None and entity.fields[n].required]
                 if cleared:
                     raise invalid([_error(n, "required", "is required and cannot be emptied") for n in cleared])
@@ -161,10 +160,7 @@ class Records:
     def delete(self, entity: Entity, record_id: int, ctx: Context, version: int | None = None) -> None:
         try:
             with self.writing(ctx) as conn:
-                old = self.store.fetch(conn, entity, record_id, for_update=True)
-                if old is None:
-                    raise not_found(entity, record_id)
-                check_version(entity, old, version)
+                old = self._current(conn, entity, record_id, version)
                 if hook := self._hook("loom_before_delete"):
                     hook(ctx=ctx, entity=entity, record=dict(old))
                 if not self.store.delete(conn, entity, record_id, old["version"]):
@@ -174,7 +170,40 @@ class Records:
         except IntegrityError:
             raise self._restrict_problem(entity, record_id) from None
 
+    def _current(self, conn, entity: Entity, record_id: int, version: int | None) -> dict:
+        """The stored record, locked for this write; 404 if absent, 409 if not at ``version``."""
+        record = self.store.fetch(conn, entity, record_id, for_update=True)
+        if record is None:
+            raise not_found(entity, record_id)
+        if version is not None and version != record["version"]:
+            if version > record["version"]:
+                raise Problem(409, "Version conflict", detail=f"{entity.name} {record_id} is at version "
+                              f"{record['version']}; version {version} was never written",
+                              errors=[_error("version", "stale", f"no such version: {version}")])
+            raise stale(entity, record_id, record["version"])
+        return record
+
     # --- validation ------------------------------------------------------------------------------
+    def checked(self, entity: Entity, data: dict[str, Any], *, partial: bool) -> dict[str, Any]:
+        """:meth:`validate`, and when that fails, also name the references that point nowhere, so
+        one answer lists every problem (the happy path leaves that check to the foreign keys)."""
+        try:
+            return self.validate(entity, data, partial=partial)
+        except Problem as problem:
+            refs = {}
+            for f in entity.user_fields:
+                if f.type == "ref" and isinstance(data, dict) and data.get(f.name) is not None:
+                    try:
+                        refs[f.name] = (f.target, f.field_type.parse(f, data[f.name]))
+                    except FieldValueError:
+                        continue
+            if refs:
+                with self.reading() as conn:
+                    for name, (target, ref_id) in refs.items():
+                        if not self.store.exists(conn, self.manifest.entities[target], [ref_id]):
+                            problem.errors.append(_error(name, "not_found", f"no {target} with id {ref_id}"))
+            raise
+
     def validate(self, entity: Entity, data: dict[str, Any], *, partial: bool) -> dict[str, Any]:
         """Parse every value through its field type; one 422 Problem lists every bad field."""
         if not isinstance(data, dict):
@@ -311,11 +340,6 @@ def stale(entity: Entity, record_id: int, current: int | None) -> Problem:
     detail += f" (now at version {current})" if current is not None else ""
     return Problem(409, "Version conflict", detail=detail + "; reload it and apply your change again",
                    errors=[_error("version", "stale", detail)])
-
-
-def check_version(entity: Entity, record: dict, version: int | None) -> None:
-    if version is not None and version != record["version"]:
-        raise stale(entity, record["id"], record["version"])
 
 
 def _zone(name: str) -> dt.tzinfo:

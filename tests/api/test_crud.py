@@ -46,6 +46,12 @@ def test_patch_changes_only_given_fields_and_bumps_version(client):
     assert response.headers["etag"] == '"2"'
 
 
+def test_empty_patch_changes_nothing_and_keeps_the_version(client):
+    record = create(client, "accounts", name="Acme")
+    response = client.patch(f"/api/accounts/{record['id']}", json={})
+    assert response.status_code == 200 and response.json() == record
+
+
 def test_patch_with_null_clears_an_optional_field(client):
     record = create(client, "accounts", name="Acme", employees=10)
     changed = client.patch(f"/api/accounts/{record['id']}", json={"employees": None}).json()
@@ -107,3 +113,19 @@ def test_python_api_uses_the_same_pipeline(crm):
         assert exc.status == 422 and exc.errors[0]["field"] == "email" and exc.errors[0]["code"] == "unique"
     else:
         raise AssertionError("duplicate email was accepted")
+
+
+def test_datetimes_without_offset_are_read_in_the_app_time_zone(db_url):
+    from loomcrm.engine.runtime.context import Context
+    from loomcrm.engine.testing import make_loom, project_files
+
+    files = project_files("entities:\n  call:\n    fields:\n      at: {type: datetime}\n",
+                          app="app: {name: Shanghai CRM, timezone: Asia/Shanghai}")
+    loom = make_loom(files, db_url)
+    try:
+        record = loom.records.create(loom.entity("call"), {"at": "2026-03-02 10:00"}, Context())
+        assert record["at"] == "2026-03-02T02:00:00Z"
+        record = loom.records.create(loom.entity("call"), {"at": "2026-03-02T10:00:00Z"}, Context())
+        assert record["at"] == "2026-03-02T10:00:00Z"
+    finally:
+        loom.close()

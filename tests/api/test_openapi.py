@@ -12,7 +12,6 @@ import requests
 import schemathesis
 import uvicorn
 from hypothesis import HealthCheck, given, settings
-from litestar.testing import TestClient
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,

@@ -70,6 +70,12 @@ def test_reference_to_a_missing_record_is_a_field_error(client):
     assert count(client) == 0  # the account insert was rolled back with the bad links
 
 
+def test_missing_references_are_reported_with_the_other_errors(client):
+    response = client.post("/api/contacts", json={"name": 5, "account": 424242})
+    assert response.status_code == 422
+    assert errors_of(response) == {"name": "type", "account": "not_found"}
+
+
 def test_unique_violation_names_the_field_and_keeps_the_first(client):
     create(client, "accounts", name="First", email="a@example.com")
     response = client.post("/api/accounts", json={"name": "Second", "email": "A@example.com"})

@@ -42,7 +42,7 @@ def run(capsys, *args) -> tuple[int, str, str]:
 
 def test_validate_prints_a_summary(capsys, project):
     code, out, _ = run(capsys, "-p", project, "validate")
-    assert code == 0 and "ok: Tiny: 1 entities, 1 fields" in out and "/api/leads" in out
+    assert code == 0 and "ok: Tiny: 1 entity, 1 field" in out and "/api/leads" in out
 
 
 def test_config_errors_exit_1_with_file_and_line(capsys, project):
@@ -105,6 +105,22 @@ def test_unreachable_database_is_a_clear_error(capsys, project):
     assert code == 1 and "database error" in err and "hint:" in err
 
 
+def test_unsupported_database_url_is_a_clear_error(capsys, project):
+    code, _, err = run(capsys, "-p", project, "plan", "--database", "mysql://x/y")
+    assert code == 1 and "loom: " in err and "sqlite:///" in err and "Traceback" not in err
+
+
+def test_plan_does_not_create_a_missing_sqlite_file(capsys, project):
+    code, out, _ = run(capsys, "-p", project, "plan")
+    assert code == 0 and "create table lead" in out and not (project / "tiny.db").exists()
+
+
+def test_relative_database_option_is_relative_to_the_working_directory(capsys, project, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run(capsys, "-p", project, "migrate", "--database", "sqlite:///here.db")
+    assert (tmp_path / "here.db").exists()
+
+
 def test_seed_loads_the_example_once(capsys, tmp_path):
     db = f"sqlite:///{tmp_path / 'sales.db'}"
     assert run(capsys, "-p", SALES, "migrate", "--database", db)[0] == 0
@@ -125,3 +141,19 @@ def test_schema_and_openapi_print_json(capsys, project):
 def test_console_script_is_installed():
     result = subprocess.run([Path(sys.executable).parent / "loom", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "migrate" in result.stdout and "serve" in result.stdout
+
+
+def test_plugins_beside_loom_yaml_load_from_the_command_line(capsys, project):
+    (project / "loom.yaml").write_text((project / "loom.yaml").read_text() + "plugins: [local_types]\n")
+    (project / "local_types.py").write_text(
+        "import sqlalchemy as sa\n"
+        "from loomcrm.engine.fieldtypes import FieldType\n"
+        "from loomcrm.engine.hookspecs import hookimpl\n\n"
+        "class Sku(FieldType):\n    name = 'sku'\n\n    def column_type(self, field):\n"
+        "        return sa.String(12)\n\n"
+        "@hookimpl\ndef loom_field_types():\n    return [Sku()]\n")
+    (project / "entities" / "lead.yaml").write_text(
+        "entities:\n  lead:\n    fields:\n      name: {type: string}\n      sku: {type: sku}\n")
+    code, out, err = run(capsys, "-p", project, "validate")
+    assert code == 0, err
+    assert "1 entity, 2 fields" in out
