@@ -39,7 +39,7 @@ def test_yaml_syntax_error_points_at_the_unclosed_bracket():
             fields:
               name: {type: string
         """) == golden("""
-        entities.yaml:5:1 E100 invalid YAML: expected ',' or '}', but got '<stream end>'
+        entities.yaml:5:1 E100 invalid YAML: did not find expected ',' or '}'
             hint: close the '{' opened at line 4, column 13
         1 error in the config.
         """)
@@ -47,7 +47,7 @@ def test_yaml_syntax_error_points_at_the_unclosed_bracket():
 
 def test_tab_indentation_is_explained():
     assert errors_in("entities:\n\taccount: {}\n") == golden("""
-        entities.yaml:2:1 E100 invalid YAML: found character '\\t' that cannot start any token
+        entities.yaml:2:1 E100 invalid YAML: found character that cannot start any token
             hint: indent with spaces; YAML does not allow tabs
         1 error in the config.
         """)
