@@ -216,12 +216,18 @@ def parse_yaml(name: str, text: str, errors: list[ConfigError]) -> SourceFile:
     yaml = _composer()
     try:
         root = yaml.compose(text)
-    except MarkedYAMLError as exc:
-        errors.append(_yaml_error(name, exc, text))
-        return SourceFile(name, None)
-    except (YAMLError, ValueError) as exc:
-        errors.append(ConfigError(Location(name, 1, 1), "E100", f"invalid YAML: {exc}", YAML_HINT))
-        return SourceFile(name, None)
+    except (YAMLError, ValueError):
+        # libyaml follows YAML 1.1 and refuses some 1.2 text, e.g. '{url: sqlite:///x.db}': the pure
+        # parser decides, and words any error the way the rest of Loom's messages expect
+        yaml = YAML(typ="safe", pure=True)
+        try:
+            root = yaml.compose(text)
+        except MarkedYAMLError as exc:
+            errors.append(_yaml_error(name, exc, text))
+            return SourceFile(name, None)
+        except (YAMLError, ValueError) as exc:
+            errors.append(ConfigError(Location(name, 1, 1), "E100", f"invalid YAML: {exc}", YAML_HINT))
+            return SourceFile(name, None)
     source = SourceFile(name, None)
     walker = _Walker(source, yaml.constructor, errors)
     try:

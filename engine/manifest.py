@@ -11,6 +11,7 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property, partial
 from typing import Any
 
 from .fieldtypes import FieldType
@@ -139,13 +140,21 @@ class Entity:
     def table(self) -> str:
         return self.name
 
-    @property
+    @cached_property
     def user_fields(self) -> list[Field]:
         return [f for f in self.fields.values() if not f.system]
 
-    @property
+    @cached_property
     def column_fields(self) -> list[Field]:
         return [f for f in self.fields.values() if f.column is not None]
+
+    @cached_property
+    def dumpers(self) -> dict[str, Any]:
+        """Per field, the function that makes a stored value JSON-ready, or None when it already is."""
+        return {
+            f.name: None if type(f.field_type).dump is FieldType.dump else partial(f.field_type.dump, f)
+            for f in self.fields.values()
+        }
 
     def join_table(self, field_name: str) -> str:
         return f"{self.name}__{field_name}"

@@ -116,9 +116,13 @@ def entity_router(records: Records, entity: Entity, all_models: dict[str, Entity
                         headers={"Location": f"/api/{plural}/{record['id']}", "ETag": f'"{record["version"]}"'})
 
     def get_record(request: Request, record_id: int, fields=None, expand=None) -> Any:
-        params = parse_list_params(entity, [(k, v) for k, v in request.query_params.multi_items()
-                                            if k in ("fields", "expand")])
-        record = records.get(entity, checked_id(entity, record_id), api_context(request), fields=params.fields, expand=params.expand)
+        fields, expand = None, []
+        if request.scope["query_string"]:
+            params = parse_list_params(entity, [(k, v) for k, v in request.query_params.multi_items()
+                                                if k in ("fields", "expand")])
+            fields, expand = params.fields, params.expand
+        record = records.get(entity, checked_id(entity, record_id), api_context(request), fields=fields,
+                             expand=expand)
         return Response(record, headers={"ETag": f'"{record["version"]}"'} if "version" in record else {})
 
     def patch_record(request: Request, record_id: int, data: Any, if_match: Any = None) -> Any:

@@ -25,10 +25,13 @@ class Store:
         self.manifest = manifest
         self.metadata = metadata
         self.tables = {name: metadata.tables[e.table] for name, e in manifest.entities.items()}
+        self._names = {name: tuple(f.name for f in e.column_fields) for name, e in manifest.entities.items()}
         self._get_by_id = {
             name: sa.select(*self._columns(e)).where(self.tables[name].c.id == sa.bindparam("id"))
             for name, e in manifest.entities.items()
         }
+        self._insert = {name: self.tables[name].insert().returning(*self._columns(e))
+                        for name, e in manifest.entities.items()}
 
     def _columns(self, entity: Entity, names: list[str] | None = None) -> list[sa.Column]:
         table = self.tables[entity.name]
@@ -40,10 +43,10 @@ class Store:
         stmt = self._get_by_id[entity.name]
         if for_update and conn.dialect.name == "postgresql":
             stmt = stmt.with_for_update()
-        row = conn.execute(stmt, {"id": record_id}).mappings().first()
+        row = conn.execute(stmt, {"id": record_id}).first()
         if row is None:
             return None
-        record = _from_row(entity, row)
+        record = dict(zip(self._names[entity.name], row, strict=True))
         self.attach_links(conn, entity, [record])
         return record
 
@@ -56,8 +59,9 @@ class Store:
         if query.cursor is not None:
             stmt = stmt.where(keyset_clause(table, query.sort, query.cursor))
         stmt = stmt.order_by(*order_by(table, query.sort)).limit(query.limit + 1)
-        rows = conn.execute(stmt).mappings().all()
-        records = [_from_row(entity, r) for r in rows[: query.limit]]
+        names = self._names[entity.name]
+        rows = conn.execute(stmt).all()
+        records = [dict(zip(names, r, strict=True)) for r in rows[: query.limit]]
         next_cursor = None
         if len(rows) > query.limit:
             last = dump_record(entity, records[-1], [f.name for f, _ in query.sort])
@@ -102,8 +106,9 @@ class Store:
             if not ids:
                 continue
             table = self.tables[target.name]
-            rows = conn.execute(sa.select(*self._columns(target)).where(table.c.id.in_(sorted(ids)))).mappings()
-            targets = {r["id"]: _from_row(target, r) for r in rows}
+            names = self._names[target.name]
+            rows = conn.execute(sa.select(*self._columns(target)).where(table.c.id.in_(sorted(ids))))
+            targets = {r[0]: dict(zip(names, r, strict=True)) for r in rows}
             self.attach_links(conn, target, list(targets.values()))
             by_id = {i: dump_record(target, t) for i, t in targets.items()}
             for record, out in zip(records, dumped, strict=True):
@@ -124,11 +129,12 @@ class Store:
         ).scalar_one()
 
     # --- writing ---------------------------------------------------------------------------------
-    def insert(self, conn, entity: Entity, values: dict[str, Any]) -> int:
-        table = self.tables[entity.name]
-        row = {entity.fields[n].column: v for n, v in values.items() if entity.fields[n].column is not None}
-        result = conn.execute(table.insert().values(row).returning(table.c.id))
-        return result.scalar_one()
+    def insert(self, conn, entity: Entity, values: dict[str, Any]) -> dict[str, Any]:
+        """Insert one row; return it as stored (defaults included) through RETURNING."""
+        fields = entity.fields
+        row = {fields[n].column: v for n, v in values.items() if fields[n].column is not None}
+        stored = conn.execute(self._insert[entity.name], row).one()
+        return dict(zip(self._names[entity.name], stored, strict=True))
 
     def update(self, conn, entity: Entity, record_id: int, version: int, values: dict[str, Any]) -> bool:
         """Update if the stored version is still ``version``; bump it. False when someone was faster."""
@@ -153,18 +159,13 @@ class Store:
             conn.execute(table.insert(), [{left: record_id, right: i} for i in ids])
 
 
-def _from_row(entity: Entity, row) -> dict[str, Any]:
-    return {f.name: row[f.column] for f in entity.column_fields if f.column in row}
-
-
 def dump_record(entity: Entity, record: dict[str, Any], names: list[str] | None = None) -> dict[str, Any]:
     """The JSON form of a record: each value through its field type's ``dump``."""
-    fields = entity.fields
+    dumpers = entity.dumpers
     out = {}
-    for name in names if names is not None else fields:
-        if name not in record:
-            continue
-        value = record[name]
-        field = fields[name]
-        out[name] = None if value is None else field.field_type.dump(field, value)
+    for name in names if names is not None else dumpers:
+        if name in record:
+            value = record[name]
+            dump = dumpers[name]
+            out[name] = value if value is None or dump is None else dump(value)
     return out

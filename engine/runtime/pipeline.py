@@ -122,9 +122,9 @@ class Records:
                     self._revalidate(entity, before, values)
                 values.update(created_at=ctx.now, updated_at=ctx.now, created_by=ctx.actor,
                               updated_by=ctx.actor, owner=values.get("owner", ctx.actor))
-                record_id = self.store.insert(conn, entity, values)
-                self._write_links(conn, entity, record_id, values)
-                record = self.store.fetch(conn, entity, record_id)
+                record = self.store.insert(conn, entity, values)
+                if self._write_links(conn, entity, record["id"], values):
+                    self.store.attach_links(conn, entity, [record])
                 if hook := self._hook("loom_after_create"):
                     hook(ctx=ctx, entity=entity, record=record)
         except IntegrityError as exc:
@@ -256,8 +256,11 @@ class Records:
             elif field.default is not None:
                 values[field.name] = field.default
 
-    def _write_links(self, conn, entity: Entity, record_id: int, values: dict) -> None:
+    def _write_links(self, conn, entity: Entity, record_id: int, values: dict) -> bool:
+        """Store many-to-many links given in ``values``; True if the entity has any refs fields."""
+        has_links = False
         for field in entity.user_fields:
+            has_links = has_links or field.type == "refs"
             if field.type == "refs" and field.name in values:
                 ids = values[field.name] or []
                 target = self.manifest.entities[field.target]
@@ -266,6 +269,7 @@ class Records:
                     raise invalid([_error(field.name, "not_found",
                                           f"no {target.name} with id {', '.join(map(str, missing))}")])
                 self.store.set_links(conn, entity, field, record_id, ids)
+        return has_links
 
     # --- turning database errors into answers -------------------------------------------------------
     def _integrity_problem(self, entity: Entity, exc: IntegrityError, values: dict) -> Problem:

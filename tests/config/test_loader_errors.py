@@ -39,7 +39,7 @@ def test_yaml_syntax_error_points_at_the_unclosed_bracket():
             fields:
               name: {type: string
         """) == golden("""
-        entities.yaml:5:1 E100 invalid YAML: did not find expected ',' or '}'
+        entities.yaml:5:1 E100 invalid YAML: expected ',' or '}', but got '<stream end>'
             hint: close the '{' opened at line 4, column 13
         1 error in the config.
         """)
@@ -47,7 +47,7 @@ def test_yaml_syntax_error_points_at_the_unclosed_bracket():
 
 def test_tab_indentation_is_explained():
     assert errors_in("entities:\n\taccount: {}\n") == golden("""
-        entities.yaml:2:1 E100 invalid YAML: found character that cannot start any token
+        entities.yaml:2:1 E100 invalid YAML: found character '\\t' that cannot start any token
             hint: indent with spaces; YAML does not allow tabs
         1 error in the config.
         """)
@@ -306,3 +306,10 @@ def test_plugin_missing_a_dependency_says_what_to_install(tmp_path, monkeypatch)
         "the plugin imports 'acme_not_installed_dependency', which is not installed: "
         "install it, e.g. pip install acme_not_installed_dependency",
     )
+
+
+def test_yaml_1_2_plain_scalars_with_colons_load_in_flow_mappings():
+    from loomcrm.engine.loader import load_config_text
+
+    loaded = load_config_text({"loom.yaml": "app: {name: X}\ndatabase: {url: sqlite:///x.db}\n"})
+    assert loaded.project.database.url == "sqlite:///x.db"
