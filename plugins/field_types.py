@@ -5,11 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import functools
+import json
 import re
 import zoneinfo
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+import jsonschema
 import phonenumbers
 import sqlalchemy as sa
 from email_validator import EmailNotValidError, validate_email
@@ -400,15 +402,47 @@ class UrlType(StringType):
 
 
 class JSONType(FieldType):
+    """Any JSON value; with ``json_schema:``, only values that satisfy that JSON Schema."""
+
     name = "json"
+    options = frozenset({"json_schema"})
     filter_ops = frozenset({"isnull"})
     sortable = False
+
+    def params(self, spec, app):
+        return {"json_schema": spec.json_schema} if spec.json_schema is not None else {}
+
+    def check(self, spec, params):
+        if spec.json_schema is None:
+            return []
+        try:
+            jsonschema.validators.validator_for(spec.json_schema).check_schema(spec.json_schema)
+        except jsonschema.SchemaError as exc:
+            return [("json_schema", "E129", f"json_schema is not a valid JSON Schema: {exc.message}",
+                     "see https://json-schema.org/understanding-json-schema/")]
+        return []
 
     def column_type(self, field):
         return JSONValue()
 
     def python_type(self, field):
         return Any
+
+    def parse(self, field, value):
+        schema = field.params.get("json_schema")
+        if schema is not None:
+            error = jsonschema.exceptions.best_match(_json_validator(json.dumps(schema, sort_keys=True))
+                                                     .iter_errors(value))
+            if error is not None:
+                where = "".join(f"[{p!r}]" for p in error.absolute_path)
+                raise _bad("json_schema", f"{where + ': ' if where else ''}{error.message}")
+        return value
+
+
+@functools.lru_cache(maxsize=256)
+def _json_validator(schema_text: str):
+    schema = json.loads(schema_text)
+    return jsonschema.validators.validator_for(schema)(schema)
 
 
 class RefType(FieldType):

@@ -100,3 +100,28 @@ def test_malformed_json_is_400(client):
 def test_a_body_that_is_not_an_object_is_rejected(client, body):
     response = client.post("/api/accounts", json=body)
     assert 400 <= response.status_code < 500
+
+
+def test_json_field_values_must_satisfy_its_json_schema(loom_factory):
+    from loomcrm.engine.errors import Problem
+    from loomcrm.engine.runtime.context import Context
+
+    loom = loom_factory("""
+        entities:
+          product:
+            fields:
+              name: {type: string, required: true}
+              specs:
+                type: json
+                json_schema:
+                  type: object
+                  properties: {weight_kg: {type: number, minimum: 0}}
+                  required: [weight_kg]
+        """)
+    entity = loom.entity("product")
+    record = loom.records.create(entity, {"name": "Box", "specs": {"weight_kg": 1.5}}, Context())
+    assert record["specs"] == {"weight_kg": 1.5}
+    with pytest.raises(Problem) as info:
+        loom.records.create(entity, {"name": "Bad", "specs": {"weight_kg": -1}}, Context())
+    assert info.value.errors == [{"field": "specs", "code": "json_schema",
+                                  "message": "['weight_kg']: -1 is less than the minimum of 0"}]

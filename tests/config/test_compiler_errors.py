@@ -280,3 +280,19 @@ def test_all_errors_are_reported_together_sorted_by_place():
         "entities/b.yaml:4:32 E124",
     ]
     assert info.value.render().endswith("\n3 errors in the config.")
+
+
+def test_invalid_json_schema_on_a_json_field_is_a_config_error():
+    from loomcrm.engine.compiler import compile_manifest
+    from loomcrm.engine.errors import ConfigErrors
+    from loomcrm.engine.loader import load_config_text
+    from loomcrm.engine.plugins import make_plugin_manager
+    from loomcrm.engine.testing import project_files
+
+    files = project_files("entities:\n  a:\n    fields:\n      x: {type: json, json_schema: {type: 5}}\n")
+    loaded = load_config_text(files)
+    with pytest.raises(ConfigErrors) as info:
+        compile_manifest(loaded, make_plugin_manager())
+    [error] = info.value.errors
+    assert error.code == "E129" and "json_schema is not a valid JSON Schema" in error.message
+    assert str(error.location) == "entities.yaml:4:36"  # the value's opening brace
