@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import textwrap
 
-__all__ = ["make_loom", "project_files"]
+__all__ = ["make_loom", "project_files", "compile_files", "config_errors"]
 
 
 def project_files(entities_yaml: str, *, app: str = "app: {name: Test CRM, locales: [en, zh]}",
@@ -18,6 +18,27 @@ def project_files(entities_yaml: str, *, app: str = "app: {name: Test CRM, local
         "entities.yaml": textwrap.dedent(entities_yaml),
         **(extra or {}),
     }
+
+
+def compile_files(files: dict[str, str], *, plugins: list | None = None):
+    """Compile a project given as ``{path: yaml text}`` into a Manifest (raises ConfigErrors)."""
+    from .compiler import compile_manifest
+    from .loader import load_config_text
+    from .plugins import make_plugin_manager
+
+    loaded = load_config_text(files)
+    return compile_manifest(loaded, make_plugin_manager([*loaded.project.plugins, *(plugins or [])]))
+
+
+def config_errors(files: dict[str, str], **kwargs) -> str:
+    """The rendered errors of a project that must fail to compile (AssertionError if it compiles)."""
+    from .errors import ConfigErrors
+
+    try:
+        compile_files(files, **kwargs)
+    except ConfigErrors as exc:
+        return exc.render()
+    raise AssertionError("the config compiled without errors")
 
 
 def make_loom(files: dict[str, str], database_url: str, *, plugins: list | None = None, migrate: bool = True):

@@ -326,16 +326,7 @@ class MultiEnumType(EnumType):
         return list[Literal[tuple(self.values(field))]]
 
     def parse(self, field, value):
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list | tuple):
-            raise _bad("type", "must be a list of options")
-        chosen = []
-        for item in value:
-            item = super().parse(field, item)
-            if item not in chosen:
-                chosen.append(item)
-        return chosen
+        return _distinct_list(value, lambda item: super(MultiEnumType, self).parse(field, item), "options")
 
 
 class EmailType(StringType):
@@ -510,19 +501,25 @@ class RefsType(RefType):
         return list[Annotated[int, PydanticField(ge=1, le=INT64[1])]]
 
     def parse(self, field, value):
-        if isinstance(value, str):
-            value = [v for v in value.split(",") if v.strip()]
-        if not isinstance(value, list | tuple):
-            raise _bad("type", f"must be a list of {field.params['to']} ids")
-        ids = []
-        for item in value:
-            item = super().parse(field, item)
-            if item not in ids:
-                ids.append(item)
-        return ids
+        return _distinct_list(value, lambda item: super(RefsType, self).parse(field, item),
+                              f"{field.params['to']} ids")
 
 
 BOUND_EXAMPLES = {"date": "2024-01-05", "datetime": "2024-01-05T09:30:00Z", "decimal": 9.99, "money": 9.99}
+
+
+def _distinct_list(value, parse_item, what: str) -> list:
+    """A list (or comma-separated text) of items, each parsed, duplicates dropped, order kept."""
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list | tuple):
+        raise _bad("type", f"must be a list of {what}")
+    result = []
+    for item in value:
+        item = parse_item(item)
+        if item not in result:
+            result.append(item)
+    return result
 
 
 @functools.lru_cache(maxsize=64)

@@ -10,19 +10,12 @@ from loomcrm.engine.compiler import compile_manifest
 from loomcrm.engine.errors import ConfigErrors
 from loomcrm.engine.loader import load_config_text
 from loomcrm.engine.plugins import make_plugin_manager
-from loomcrm.engine.testing import project_files
-
-
-def compile_files(files: dict[str, str]):
-    loaded = load_config_text(files)
-    return compile_manifest(loaded, make_plugin_manager(loaded.project.plugins))
+from loomcrm.engine.testing import compile_files, config_errors, project_files
 
 
 def errors_in(entities_yaml: str, **kwargs) -> str:
     """The rendered errors of a project whose entities.yaml holds ``entities_yaml``."""
-    with pytest.raises(ConfigErrors) as info:
-        compile_files(project_files(entities_yaml, **kwargs))
-    return info.value.render()
+    return config_errors(project_files(entities_yaml, **kwargs))
 
 
 def golden(text: str) -> str:
@@ -283,10 +276,7 @@ def test_all_errors_are_reported_together_sorted_by_place():
 
 
 def test_invalid_json_schema_on_a_json_field_is_a_config_error():
-    from loomcrm.engine.compiler import compile_manifest
     from loomcrm.engine.errors import ConfigErrors
-    from loomcrm.engine.loader import load_config_text
-    from loomcrm.engine.plugins import make_plugin_manager
     from loomcrm.engine.testing import project_files
 
     files = project_files("entities:\n  a:\n    fields:\n      x: {type: json, json_schema: {type: 5}}\n")

@@ -6,23 +6,16 @@ import textwrap
 
 import pytest
 
-from loomcrm.engine.compiler import compile_manifest, compile_project
+from loomcrm.engine.compiler import compile_project
 from loomcrm.engine.errors import ConfigErrors
 from loomcrm.engine.loader import load_config, load_config_text
 from loomcrm.engine.plugins import make_plugin_manager
-from loomcrm.engine.testing import project_files
-
-
-def compile_files(files: dict[str, str]):
-    loaded = load_config_text(files)
-    return compile_manifest(loaded, make_plugin_manager(loaded.project.plugins))
+from loomcrm.engine.testing import compile_files, config_errors, project_files
 
 
 def errors_in(entities_yaml: str, **kwargs) -> str:
     """The rendered errors of a project whose entities.yaml holds ``entities_yaml``."""
-    with pytest.raises(ConfigErrors) as info:
-        compile_files(project_files(entities_yaml, **kwargs))
-    return info.value.render()
+    return config_errors(project_files(entities_yaml, **kwargs))
 
 
 def golden(text: str) -> str:
