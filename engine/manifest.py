@@ -156,6 +156,16 @@ class Entity:
             for f in self.fields.values()
         }
 
+    @cached_property
+    def converters(self) -> list[tuple[str, Any]]:
+        """The ``(name, dump)`` pairs of :attr:`dumpers` that do something."""
+        return [(name, dump) for name, dump in self.dumpers.items() if dump is not None]
+
+    @cached_property
+    def has_links(self) -> bool:
+        """True when the entity has many-to-many fields (stored outside its table)."""
+        return any(f.column is None for f in self.fields.values())
+
     def join_table(self, field_name: str) -> str:
         return f"{self.name}__{field_name}"
 

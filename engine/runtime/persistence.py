@@ -13,7 +13,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from ..manifest import Entity, Field, Manifest
-from .query import ListQuery, encode_cursor, keyset_clause, order_by, where_clause
+from .query import ListQuery, encode_cursor, list_parameters, list_statements, query_shape
+
+LIST_CACHE_SIZE = 512
 
 __all__ = ["Store", "dump_record"]
 
@@ -30,6 +32,7 @@ class Store:
             name: sa.select(*self._columns(e)).where(self.tables[name].c.id == sa.bindparam("id"))
             for name, e in manifest.entities.items()
         }
+        self._list_cache: dict[tuple, tuple[sa.Select, sa.Select]] = {}
         self._insert = {name: self.tables[name].insert().returning(*self._columns(e))
                         for name, e in manifest.entities.items()}
 
@@ -53,14 +56,11 @@ class Store:
     def list(self, conn: sa.Connection, entity: Entity, query: ListQuery,
              extra_where: list[sa.ColumnElement] = ()) -> tuple[list[dict], str | None, int | None]:
         """One page of records, the cursor of the next page (or None), and the total if asked for."""
-        table = self.tables[entity.name]
-        conditions = [*where_clause(table, query.filters, conn.dialect.name), *extra_where]
-        stmt = sa.select(*self._columns(entity)).where(*conditions)
-        if query.cursor is not None:
-            stmt = stmt.where(keyset_clause(table, query.sort, query.cursor))
-        stmt = stmt.order_by(*order_by(table, query.sort)).limit(query.limit + 1)
+        dialect = conn.dialect.name
+        page, count = self._list_statements(entity, query, dialect, extra_where)
+        params = list_parameters(query, dialect)
         names = self._names[entity.name]
-        rows = conn.execute(stmt).all()
+        rows = conn.execute(page, params).all()
         records = [dict(zip(names, r, strict=True)) for r in rows[: query.limit]]
         next_cursor = None
         if len(rows) > query.limit:
@@ -68,9 +68,23 @@ class Store:
             next_cursor = encode_cursor(query.sort, last)
         total = None
         if query.count:
-            total = conn.execute(sa.select(sa.func.count()).select_from(table).where(*conditions)).scalar_one()
+            total = conn.execute(count, params).scalar_one()
         self.attach_links(conn, entity, records)
         return records, next_cursor, total
+
+    def _list_statements(self, entity: Entity, query: ListQuery, dialect: str, extra_where) -> tuple:
+        """Built once per query shape and reused (building SQL costs more than running it on SQLite);
+        related lists (``extra_where``) are built each time."""
+        table = self.tables[entity.name]
+        if extra_where:
+            return list_statements(table, self._columns(entity), query, dialect, extra_where)
+        key = (entity.name, dialect, query_shape(query))
+        statements = self._list_cache.get(key)
+        if statements is None:
+            if len(self._list_cache) >= LIST_CACHE_SIZE:
+                self._list_cache.pop(next(iter(self._list_cache)))
+            statements = self._list_cache[key] = list_statements(table, self._columns(entity), query, dialect)
+        return statements
 
     def attach_links(self, conn: sa.Connection, entity: Entity, records: list[dict]) -> None:
         """Fill many-to-many fields with lists of ids: one query per refs field, not per record."""
@@ -160,7 +174,14 @@ class Store:
 
 
 def dump_record(entity: Entity, record: dict[str, Any], names: list[str] | None = None) -> dict[str, Any]:
-    """The JSON form of a record: each value through its field type's ``dump``."""
+    """The JSON form of a record: each value through its field type's ``dump``, in field order."""
+    if names is None and not entity.has_links:
+        out = dict(record)  # already in field order; convert only the values that need it
+        for name, dump in entity.converters:
+            value = out.get(name)
+            if value is not None:
+                out[name] = dump(value)
+        return out
     dumpers = entity.dumpers
     out = {}
     for name in names if names is not None else dumpers:

@@ -21,8 +21,8 @@ from ..errors import Problem, did_you_mean
 from ..fieldtypes import FieldValueError
 from ..manifest import Entity, Field
 
-__all__ = ["ListQuery", "Filter", "parse_list_params", "where_clause", "order_by", "keyset_clause",
-           "encode_cursor", "DEFAULT_LIMIT", "MAX_LIMIT"]
+__all__ = ["ListQuery", "Filter", "parse_list_params", "list_statements", "list_parameters", "query_shape",
+           "order_by", "keyset_clause", "encode_cursor", "DEFAULT_LIMIT", "MAX_LIMIT"]
 
 DEFAULT_LIMIT, MAX_LIMIT = 50, 500
 FILTER_KEY = re.compile(r"^filter\[([^\[\]]*)\](?:\[([^\[\]]*)\])?$")
@@ -191,34 +191,76 @@ def _decode_cursor(text: str, sort, bad) -> list[Any] | None:
 # --- SQL ----------------------------------------------------------------------------------------
 
 
-def where_clause(table: sa.Table, filters: list[Filter], dialect: str) -> list[sa.ColumnElement]:
-    return [_condition(table.c[f.field.column], f, dialect) for f in filters]
+def query_shape(query: ListQuery) -> tuple:
+    """What decides the SQL of a list query (not its values): statements are cached per shape."""
+    filters = tuple((f.field.name, f.op, f.value if f.op == "isnull" else
+                     len(f.value) if f.field.type == "multi_enum" else None) for f in query.filters)
+    sort = tuple((f.name, desc) for f, desc in query.sort)
+    cursor = None if query.cursor is None else tuple(v is None for v in query.cursor)
+    return filters, sort, cursor
 
 
-def _condition(col, f: Filter, dialect: str) -> sa.ColumnElement:
-    op, value = f.op, f.value
+def list_statements(table: sa.Table, columns: list, query: ListQuery, dialect: str,
+                    extra_where: Iterable[sa.ColumnElement] = ()) -> tuple[sa.Select, sa.Select]:
+    """The page query and the count query for ``query``'s shape, with bind parameters named as
+    :func:`list_parameters` fills them."""
+    conditions = [_condition(table.c[f.field.column], f, i, dialect) for i, f in enumerate(query.filters)]
+    conditions += list(extra_where)
+    count = sa.select(sa.func.count()).select_from(table).where(*conditions)
+    page = sa.select(*columns).where(*conditions)
+    if query.cursor is not None:
+        page = page.where(keyset_clause(table, query.sort, query.cursor))
+    page = page.order_by(*order_by(table, query.sort)).limit(sa.bindparam("page_limit", type_=sa.Integer))
+    return page, count
+
+
+def list_parameters(query: ListQuery, dialect: str) -> dict[str, Any]:
+    """The values for the bind parameters of :func:`list_statements` (one row more than the page,
+    to tell whether there is a next page)."""
+    params: dict[str, Any] = {"page_limit": query.limit + 1}
+    for i, f in enumerate(query.filters):
+        if f.op == "isnull":
+            continue
+        if f.field.type == "multi_enum":
+            if dialect == "postgresql":
+                params[f"f{i}"] = list(f.value)
+            else:
+                params.update({f"f{i}_{j}": v for j, v in enumerate(f.value)})
+        elif f.op == "contains":
+            params[f"f{i}"] = f"%{_escape_like(f.value)}%"
+        elif f.op == "startswith":
+            params[f"f{i}"] = f"{_escape_like(f.value)}%"
+        else:
+            params[f"f{i}"] = f.value
+    for i, value in enumerate(query.cursor or ()):
+        if value is not None:
+            params[f"c{i}"] = value
+    return params
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("/", "//").replace("%", "/%").replace("_", "/_")
+
+
+def _condition(col, f: Filter, i: int, dialect: str) -> sa.ColumnElement:
+    op, param = f.op, sa.bindparam(f"f{i}")
     if op == "isnull":
-        return col.is_(None) if value else col.is_not(None)
+        return col.is_(None) if f.value else col.is_not(None)
     if f.field.type == "multi_enum":  # contains: the list holds every given option
-        return sa.and_(*(_json_list_contains(col, v, dialect) for v in value))
+        if dialect == "postgresql":
+            return sa.type_coerce(col, postgresql.JSONB).contains(sa.bindparam(f"f{i}", type_=postgresql.JSONB))
+        items = sa.func.json_each(col).table_valued("value")
+        return sa.and_(*(sa.exists(sa.select(1).select_from(items).where(items.c.value == sa.bindparam(f"f{i}_{j}")))
+                         for j in range(len(f.value))))
     if op == "eq":
-        return col == value
+        return col == param
     if op == "ne":  # "not equal" includes records with no value, as people expect
-        return sa.or_(col != value, col.is_(None))
+        return sa.or_(col != param, col.is_(None))
     if op == "in":
-        return col.in_(value)
-    if op == "contains":
-        return col.icontains(value, autoescape=True)
-    if op == "startswith":
-        return col.istartswith(value, autoescape=True)
-    return {"lt": col < value, "lte": col <= value, "gt": col > value, "gte": col >= value}[op]
-
-
-def _json_list_contains(col, value: str, dialect: str) -> sa.ColumnElement:
-    if dialect == "postgresql":
-        return sa.type_coerce(col, postgresql.JSONB).contains([value])
-    items = sa.func.json_each(col).table_valued("value")
-    return sa.exists(sa.select(1).select_from(items).where(items.c.value == value))
+        return col.in_(sa.bindparam(f"f{i}", expanding=True))
+    if op in ("contains", "startswith"):  # case-insensitive; % and _ in the value are literal
+        return sa.func.lower(col).like(sa.func.lower(sa.bindparam(f"f{i}", type_=sa.String)), escape="/")
+    return {"lt": col < param, "lte": col <= param, "gt": col > param, "gte": col >= param}[op]
 
 
 def order_by(table: sa.Table, sort: list[tuple[Field, bool]]) -> list[sa.ColumnElement]:
@@ -232,19 +274,16 @@ def order_by(table: sa.Table, sort: list[tuple[Field, bool]]) -> list[sa.ColumnE
 
 
 def keyset_clause(table: sa.Table, sort: list[tuple[Field, bool]], values: list[Any]) -> sa.ColumnElement:
-    """Rows strictly after ``values`` in the order :func:`order_by` gives."""
+    """Rows strictly after the cursor ``values`` (bound as ``c0``, ``c1``...) in :func:`order_by` order."""
     alternatives = []
     for i, ((f, desc), value) in enumerate(zip(sort, values, strict=True)):
-        col = table.c[f.column]
-        equal_before = [_equal(table.c[g.column], v) for (g, _), v in zip(sort[:i], values[:i], strict=True)]
         if value is None:
             continue  # nothing sorts after NULL within this key (NULLs are last)
-        after = col < value if desc else col > value
+        col = table.c[f.column]
+        equal_before = [table.c[g.column].is_(None) if values[j] is None else table.c[g.column] == sa.bindparam(f"c{j}")
+                        for j, (g, _) in enumerate(sort[:i])]
+        after = col < sa.bindparam(f"c{i}") if desc else col > sa.bindparam(f"c{i}")
         if not f.required:
             after = sa.or_(after, col.is_(None))
         alternatives.append(sa.and_(*equal_before, after))
     return sa.or_(*alternatives) if alternatives else sa.false()
-
-
-def _equal(col, value):
-    return col.is_(None) if value is None else col == value
