@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import pluggy
 import sqlalchemy as sa
-from litestar import Litestar, MediaType, Request, Response, get
+from litestar import Litestar, Request, Response, get
 from litestar.config.app import AppConfig
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
@@ -23,7 +23,7 @@ from loomcrm.generators.models import build_models
 from loomcrm.generators.routes import entity_router
 from loomcrm.generators.tables import build_metadata
 
-from .compiler import compile_manifest, compile_project
+from .compiler import compile_project
 from .database import create_db_engine
 from .errors import Problem
 from .manifest import Manifest
@@ -59,10 +59,6 @@ class Loom:
         metadata = build_metadata(manifest)
         store = Store(manifest, metadata)
         return cls(manifest, pm, engine, metadata, Records(manifest, engine, pm, store))
-
-    @classmethod
-    def from_loaded(cls, loaded, pm, *, database_url: str | None = None) -> Loom:
-        return cls.from_manifest(compile_manifest(loaded, pm), pm, database_url=database_url)
 
     def entity(self, name: str):
         return self.manifest.entities[name]
@@ -153,5 +149,3 @@ def create_app() -> Litestar:
     sync = os.environ.get("LOOM_SYNC_TO_THREAD", "1") != "0"
     return Loom.from_project(project).asgi(sync_to_thread=sync)
 
-
-_ = MediaType  # re-exported name kept for plugins that build responses
