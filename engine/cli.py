@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--workers", type=int, default=1, help="worker processes sharing the database (default 1)")
     p.add_argument("--database", help="database URL")
+    p = command("purge-audit", "delete audit rows older than audit.retain_days (or --days)")
+    p.add_argument("--days", type=int, help="keep this many days instead of the config's retain_days")
+    p.add_argument("--database", help="database URL")
     p = command("schema", "print the JSON Schema of the config language")
     p.add_argument("--output", help="write to this file instead of printing")
     p = command("openapi", "print the OpenAPI document of the project's REST API")
@@ -152,6 +155,20 @@ def _serve(args) -> int:
     return 0
 
 
+def _purge_audit(args) -> int:
+    from .commands import purge_audit
+
+    if args.days is not None and args.days < 1:
+        print("loom: --days must be at least 1", file=sys.stderr)
+        return 2
+    deleted = purge_audit(args.project, database_url=args.database, days=args.days)
+    if deleted is None:
+        print("no retention configured (audit: {retain_days: N} in loom.yaml, or --days N); nothing deleted")
+    else:
+        print(f"deleted {deleted} audit rows")
+    return 0
+
+
 def _output(text: str, path: str | None) -> None:
     if path:
         with open(path, "w", encoding="utf-8") as f:
@@ -175,7 +192,7 @@ def _openapi(args) -> int:
 
 
 COMMANDS = {"validate": _validate, "plan": _plan, "migrate": _migrate, "seed": _seed, "serve": _serve,
-            "schema": _schema, "openapi": _openapi}
+            "purge-audit": _purge_audit, "schema": _schema, "openapi": _openapi}
 
 if __name__ == "__main__":
     sys.exit(main())

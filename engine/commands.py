@@ -5,6 +5,7 @@ Each takes the project path (a directory holding loom.yaml, or the file itself).
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib.util
 import json
 import os
@@ -23,9 +24,10 @@ from .compiler import compile_project
 from .database import create_db_engine
 from .errors import ConfigError, ConfigErrors, Location
 from .manifest import Manifest
+from .runtime.audit import purge_before
 from .runtime.context import Context
 
-__all__ = ["validate", "plan", "migrate", "seed", "openapi", "MigrationRefused", "applied_manifest",
+__all__ = ["validate", "plan", "migrate", "seed", "openapi", "purge_audit", "MigrationRefused", "applied_manifest",
            "LOOM_VERSION"]
 
 LOOM_VERSION = "0.1.0"
@@ -174,6 +176,23 @@ def seed(project: str | os.PathLike, *, database_url: str | None = None, force: 
         return api.created
     finally:
         loom.close()
+
+
+def purge_audit(project: str | os.PathLike, *, database_url: str | None = None, days: int | None = None,
+                now: dt.datetime | None = None) -> int | None:
+    """Delete audit rows older than ``days`` (default: the config's ``audit.retain_days``).
+    Returns how many, or None when no retention is configured."""
+    manifest, _ = compile_project(project)
+    days = days if days is not None else manifest.audit_retain_days
+    if days is None:
+        return None
+    cutoff = (now or dt.datetime.now(dt.UTC)) - dt.timedelta(days=days)
+    engine = create_db_engine(database_url or manifest.database_url)
+    try:
+        with engine.connect().execution_options(loom_write=True) as conn, conn.begin():
+            return purge_before(conn, cutoff)
+    finally:
+        engine.dispose()
 
 
 def openapi(project: str | os.PathLike) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from .names import (
     MAX_TABLE_NAME,
     RESERVED_ENTITY_NAMES,
     RESERVED_FIELD_NAMES,
+    ROUTE_WORDS,
     check_identifier,
     humanize,
     pluralize,
@@ -105,6 +106,7 @@ def compile_manifest(loaded: LoadedConfig, pm: pluggy.PluginManager) -> Manifest
         plugins=tuple(loaded.project.plugins),
         entities=entities,
         project_dir=str(loaded.project_dir),
+        audit_retain_days=loaded.project.audit.retain_days if loaded.project.audit else None,
     )
 
 
@@ -373,6 +375,13 @@ def _add_relations(loaded, entities: dict[str, Entity], errors) -> dict[str, Ent
             explicit = field.params.get("related_name")
             rel_name = explicit or entity.plural
             taken = relations[target.name].get(rel_name)
+            route = rel_name if rel_name in ROUTE_WORDS else field.name if field.type == "refs" and \
+                field.name in ROUTE_WORDS else None
+            if route:
+                errors.append(_err(loaded, entity.name, ("fields", field.name), "E122",
+                                   f"'{route}' cannot name a related list: /api/<plural>/{{id}}/{route} is Loom's own",
+                                   f"set 'related_name:' (or rename field '{entity.name}.{field.name}')"))
+                continue
             if rel_name in target.fields or taken:
                 other = (f"field '{target.name}.{rel_name}'" if rel_name in target.fields or taken.owner_side
                          else f"the reverse list of field '{taken.entity}.{taken.field}'")

@@ -18,6 +18,9 @@ from .fieldtypes import FieldType
 
 __all__ = ["Manifest", "Entity", "Field", "Relation", "Index", "SYSTEM_FIELDS", "text_for", "localized"]
 
+#: Loom's own tables beside the entities' (created by migrations like entity tables).
+SYSTEM_TABLES = ("loom_audit",)
+
 #: Columns every entity has, in table order. ``id`` comes first, the rest after the entity's fields.
 SYSTEM_FIELDS = ("id", "created_at", "updated_at", "created_by", "updated_by", "owner", "version")
 
@@ -199,6 +202,7 @@ class Manifest:
     plugins: tuple[str, ...]
     entities: dict[str, Entity]
     project_dir: str = "."
+    audit_retain_days: int | None = None
 
     def entity_by_plural(self, plural: str) -> Entity | None:
         return next((e for e in self.entities.values() if e.plural == plural), None)
@@ -208,6 +212,7 @@ class Manifest:
         return {
             "format": 1,
             "app": {"name": self.app_name, "locales": list(self.locales), "timezone": self.timezone},
+            "system_tables": list(SYSTEM_TABLES),
             "entities": {n: e.to_json() for n, e in self.entities.items()},
         }
 

@@ -16,6 +16,7 @@ __all__ = [
     "MAX_TABLE_NAME",
     "RESERVED_ENTITY_NAMES",
     "RESERVED_FIELD_NAMES",
+    "ROUTE_WORDS",
     "SYSTEM_ENTITY_NAMES",
     "check_identifier",
     "humanize",
@@ -36,6 +37,8 @@ RESERVED_ENTITY_NAMES = SYSTEM_ENTITY_NAMES | frozenset(
      "false", "schema", "api"}
 )
 RESERVED_FIELD_NAMES = frozenset(SYSTEM_FIELDS)
+#: Path segments under ``/api/<plural>/{id}/`` that Loom uses itself, so no related list may take them.
+ROUTE_WORDS = frozenset({"history"})
 
 
 def check_identifier(name: str, kind: str, reserved: frozenset[str], *, owner: str = "") -> tuple[str, str, str] | None:

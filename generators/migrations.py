@@ -81,6 +81,10 @@ def plan_migration(old: dict[str, Any] | None, new: Manifest, *, has_migrations_
     for table in metadata.sorted_tables:  # referenced tables before the tables that refer to them
         if table.name == MIGRATIONS_TABLE:
             continue
+        if table.info.get("system"):  # Loom's own tables: created once, by name
+            if table.name not in (old or {}).get("system_tables", []):
+                _create_table(plan, table, "Loom's own")
+            continue
         if "join" in table.info:
             owner, fname = table.info["loom"].split(".")
             if fname not in old_entities.get(owner, {}).get("fields", {}):

@@ -18,7 +18,7 @@ from loomcrm.engine.errors import Problem
 from loomcrm.engine.manifest import Entity, text_for
 from loomcrm.engine.runtime.context import Context
 from loomcrm.engine.runtime.pipeline import Records
-from loomcrm.engine.runtime.query import DEFAULT_LIMIT, MAX_LIMIT, parse_list_params
+from loomcrm.engine.runtime.query import DEFAULT_LIMIT, MAX_LIMIT, parse_list_params, parse_page_params
 
 from .models import EntityModels
 
@@ -164,9 +164,38 @@ def entity_router(records: Records, entity: Entity, all_models: dict[str, Entity
             _typed(delete_record, {"request": Request, "record_id": FromPath[int], "version": Version,
                                    "if_match": IfMatch, "return": None})),
     ]
+    handlers.append(_history_handler(records, entity, opts))
     for relation in entity.relations.values():
         handlers.append(_related_handler(records, entity, relation, all_models[relation.entity].page, opts))
     return Router(path=f"/api/{plural}", route_handlers=handlers)
+
+
+class HistoryEntry(BaseModel):
+    id: int
+    at: str
+    actor: int | None
+    channel: str
+    action: str
+    version: int | None
+    changes: dict[str, list[Any]]
+
+
+class HistoryPage(BaseModel):
+    data: list[HistoryEntry]
+    next_cursor: str | None
+
+
+def _history_handler(records: Records, entity: Entity, opts):
+    def history(request: Request, record_id: int, limit=None, cursor=None) -> Any:
+        limit_, before = parse_page_params(request.query_params.multi_items())
+        return records.history(entity, checked_id(entity, record_id), api_context(request), limit=limit_,
+                               before=before)
+
+    return get("/{record_id:int}/history", summary=f"History of a {text_for(entity.label)}",
+               description="Every change to the record, newest first: when, who, through which channel, and "
+               "each changed field as [old, new].", name=f"{entity.name}.history", responses=_problems(400, 404),
+               **opts)(_typed(history, {"request": Request, "record_id": FromPath[int], "limit": ListParams["limit"],
+                                        "cursor": ListParams["cursor"], "return": HistoryPage}))
 
 
 def _related_handler(records: Records, entity: Entity, relation, page, opts):

@@ -15,7 +15,8 @@ from sqlalchemy.dialects import postgresql
 if TYPE_CHECKING:
     from loomcrm.engine.manifest import Entity, Manifest
 
-__all__ = ["NAMING_CONVENTION", "build_metadata", "JSONValue", "UTCDateTime", "id_type", "MIGRATIONS_TABLE"]
+__all__ = ["NAMING_CONVENTION", "build_metadata", "JSONValue", "UTCDateTime", "id_type", "MIGRATIONS_TABLE",
+           "AUDIT_TABLE", "audit_table"]
 
 NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
@@ -25,6 +26,7 @@ NAMING_CONVENTION = {
     "ck": "ck_%(table_name)s_%(constraint_name)s",
 }
 MIGRATIONS_TABLE = "loom_migrations"
+AUDIT_TABLE = "loom_audit"
 ON_DELETE = {"restrict": "RESTRICT", "cascade": "CASCADE", "set_null": "SET NULL"}
 
 
@@ -75,6 +77,7 @@ def build_metadata(manifest: Manifest) -> sa.MetaData:
             if field.type == "refs":
                 join_table(metadata, entity, field.name, manifest.entities[field.target])
     migrations_table(metadata)
+    audit_table(metadata)
     return metadata
 
 
@@ -148,3 +151,29 @@ def migrations_table(metadata: sa.MetaData) -> sa.Table:
         sa.Column("summary", sa.Text(), nullable=False),
         sa.Column("loom_version", sa.String(40), nullable=False),
     )
+
+
+def audit_table(metadata: sa.MetaData) -> sa.Table:
+    """One row per change of a record, written in the change's own transaction.
+
+    ``changes`` maps each changed field to ``[old, new]`` (JSON forms). The indexes serve the three
+    ways the trail is read: one record's history (newest first), what one user did, and purging by age.
+    """
+    table = sa.Table(
+        AUDIT_TABLE,
+        metadata,
+        sa.Column("id", id_type(), primary_key=True, autoincrement=True),
+        sa.Column("at", UTCDateTime(), nullable=False),
+        sa.Column("actor", id_type(), nullable=True),
+        sa.Column("channel", sa.String(20), nullable=False),
+        sa.Column("action", sa.String(20), nullable=False),
+        sa.Column("entity", sa.String(64), nullable=False),
+        sa.Column("record_id", id_type(), nullable=False),
+        sa.Column("version", sa.Integer(), nullable=True),
+        sa.Column("changes", JSONValue(), nullable=False),
+        info={"system": True},
+    )
+    sa.Index("ix_loom_audit_record", table.c.entity, table.c.record_id, table.c.id)
+    sa.Index("ix_loom_audit_actor", table.c.actor, table.c.at)
+    sa.Index("ix_loom_audit_at", table.c.at)
+    return table

@@ -6,7 +6,7 @@ from pydantic import Field
 
 from .entity import EntitySpec, SpecModel
 
-__all__ = ["AppSpec", "ConfigFileSpec", "DatabaseSpec", "PROJECT_ONLY_KEYS"]
+__all__ = ["AppSpec", "AuditSpec", "ConfigFileSpec", "DatabaseSpec", "PROJECT_ONLY_KEYS"]
 
 
 class AppSpec(SpecModel):
@@ -30,6 +30,14 @@ class DatabaseSpec(SpecModel):
     )
 
 
+class AuditSpec(SpecModel):
+    """The audit trail: one row per create, update and delete, written in the same transaction."""
+
+    retain_days: int | None = Field(
+        None, ge=1, description="Delete audit rows older than this (`loom purge-audit`); default: keep forever."
+    )
+
+
 class ConfigFileSpec(SpecModel):
     """Any Loom config file. Only the project file (loom.yaml) may set app, include, database, plugins."""
 
@@ -37,8 +45,9 @@ class ConfigFileSpec(SpecModel):
     include: list[str] = Field(default_factory=list, description="Glob patterns, relative to loom.yaml.")
     database: DatabaseSpec | None = None
     plugins: list[str] = Field(default_factory=list, description="Python modules or entry-point names.")
+    audit: AuditSpec | None = None
     entities: dict[str, EntitySpec] = Field(default_factory=dict)
 
 
 #: Keys that mean something only in the project file.
-PROJECT_ONLY_KEYS = ("app", "include", "database", "plugins")
+PROJECT_ONLY_KEYS = ("app", "include", "database", "plugins", "audit")

@@ -21,6 +21,7 @@ from ..database import write_lock
 from ..errors import Problem, did_you_mean
 from ..fieldtypes import FieldValueError
 from ..manifest import Entity, Manifest
+from .audit import history_page
 from .context import Context
 from .persistence import Store, dump_record
 from .query import ListQuery
@@ -106,6 +107,14 @@ class Records:
             mine, theirs = (left, right) if relation.owner_side else (right, left)
             condition = child_table.c.id.in_(sa.select(join.c[theirs]).where(join.c[mine] == record_id))
         return self.list(child, query, ctx, [condition])
+
+    def history(self, entity: Entity, record_id: int, ctx: Context, *, limit: int, before: int | None) -> dict:
+        """The audit trail of one record, newest first; also for records deleted since."""
+        with self.reading() as conn:
+            entries, next_before = history_page(conn, entity, record_id, limit=limit, before=before)
+            if not entries and before is None and self.store.fetch(conn, entity, record_id) is None:
+                raise not_found(entity, record_id)
+        return {"data": entries, "next_cursor": None if next_before is None else str(next_before)}
 
     # --- writing ---------------------------------------------------------------------------------
     def create(self, entity: Entity, data: dict[str, Any], ctx: Context) -> dict:

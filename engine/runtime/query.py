@@ -21,7 +21,7 @@ from ..errors import Problem, did_you_mean
 from ..fieldtypes import FieldValueError
 from ..manifest import Entity, Field
 
-__all__ = ["ListQuery", "Filter", "parse_list_params", "list_statements", "list_parameters", "query_shape",
+__all__ = ["ListQuery", "Filter", "parse_list_params", "parse_page_params", "list_statements", "list_parameters", "query_shape",
            "order_by", "keyset_clause", "encode_cursor", "DEFAULT_LIMIT", "MAX_LIMIT"]
 
 DEFAULT_LIMIT, MAX_LIMIT = 50, 500
@@ -70,10 +70,7 @@ def parse_list_params(entity: Entity, items: Iterable[tuple[str, str]]) -> ListQ
             continue
         seen.add(key)
         if key == "limit":
-            if not re.fullmatch(r"\d{1,6}", value) or not 1 <= int(value) <= MAX_LIMIT:
-                bad("limit", "range", f"limit must be a whole number from 1 to {MAX_LIMIT}")
-            else:
-                query.limit = int(value)
+            query.limit = _parse_limit(value, bad) or query.limit
         elif key == "count":
             if value.lower() not in ("true", "false", "1", "0"):
                 bad("count", "type", "count must be true or false")
@@ -94,6 +91,35 @@ def parse_list_params(entity: Entity, items: Iterable[tuple[str, str]]) -> ListQ
     if errors:
         raise Problem(400, "Invalid query parameters", errors=errors)
     return query
+
+
+def _parse_limit(value: str, bad) -> int | None:
+    if not re.fullmatch(r"\d{1,6}", value) or not 1 <= int(value) <= MAX_LIMIT:
+        bad("limit", "range", f"limit must be a whole number from 1 to {MAX_LIMIT}")
+        return None
+    return int(value)
+
+
+def parse_page_params(items: Iterable[tuple[str, str]]) -> tuple[int, int | None]:
+    """``limit`` and ``cursor`` of a simple newest-first listing (record history)."""
+    limit, cursor, errors = DEFAULT_LIMIT, None, []
+
+    def bad(param: str, code: str, message: str) -> None:
+        errors.append({"field": param, "code": code, "message": message})
+
+    for key, value in items:
+        if key == "limit":
+            limit = _parse_limit(value, bad) or limit
+        elif key == "cursor":
+            if value.isdigit() and 0 < int(value) < 2**63:
+                cursor = int(value)
+            else:
+                bad("cursor", "invalid_cursor", "cursor must be the next_cursor of the previous page")
+        else:
+            bad(key, "unknown_parameter", f"unknown query parameter '{key}' (this list takes limit and cursor)")
+    if errors:
+        raise Problem(400, "Invalid query parameters", errors=errors)
+    return limit, cursor
 
 
 def _field(entity: Entity, name: str, param: str, bad) -> Field | None:

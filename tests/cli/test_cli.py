@@ -75,7 +75,7 @@ def test_plan_then_migrate_then_plan_again(capsys, project):
     assert "CREATE TABLE lead" in out
     assert tables(project / "tiny.db") == set()  # plan never changes the database
     code, out, _ = run(capsys, "-p", project, "migrate")
-    assert code == 0 and "applied." in out and tables(project / "tiny.db") == {"lead", "loom_migrations"}
+    assert code == 0 and "applied." in out and tables(project / "tiny.db") == {"lead", "loom_migrations", "loom_audit"}
     code, out, _ = run(capsys, "-p", project, "plan")
     assert code == 0 and "The database is up to date." in out
 
@@ -157,3 +157,12 @@ def test_plugins_beside_loom_yaml_load_from_the_command_line(capsys, project):
     code, out, err = run(capsys, "-p", project, "validate")
     assert code == 0, err
     assert "1 entity, 2 fields" in out
+
+
+def test_purge_audit_uses_the_configured_retention(capsys, project):
+    run(capsys, "-p", project, "migrate")
+    code, out, _ = run(capsys, "-p", project, "purge-audit")
+    assert code == 0 and "no retention configured" in out
+    (project / "loom.yaml").write_text((project / "loom.yaml").read_text() + "audit: {retain_days: 30}\n")
+    code, out, _ = run(capsys, "-p", project, "purge-audit")
+    assert code == 0 and out.strip() == "deleted 0 audit rows"

@@ -179,8 +179,9 @@ def test_every_column_names_the_field_it_stores(metadata):
     assert table.c.account_id.info["source"] == "entities.yaml:20:7"
 
 
-def test_metadata_holds_the_entities_join_tables_and_the_migrations_table(metadata):
-    assert sorted(metadata.tables) == sorted(["account", "contact", "contact__watched", MIGRATIONS_TABLE])
+def test_metadata_holds_the_entities_join_tables_and_loom_tables(metadata):
+    assert sorted(metadata.tables) == sorted(["account", "contact", "contact__watched", MIGRATIONS_TABLE,
+                                              "loom_audit"])
 
 
 def test_tables_are_created_without_name_clashes_when_an_index_is_declared_twice(metadata, db_url):

@@ -169,3 +169,18 @@ def test_concurrent_migrations_apply_the_plan_once(db_url):
         t.join()
     assert errors == []
     assert rows(db_url, "SELECT count(*) FROM loom_migrations") == [(1,)]
+
+
+def test_a_database_migrated_before_the_audit_trail_gets_its_table(db_url):
+    manifest = manifest_of(PHASE1)
+    migrate_manifest(manifest, database_url=db_url)
+    engine = create_db_engine(db_url)
+    with engine.begin() as conn:  # as a database from before loom_audit existed looks
+        conn.exec_driver_sql("DROP TABLE loom_audit")
+        stored = json.loads(conn.exec_driver_sql("SELECT manifest FROM loom_migrations").scalar_one())
+        del stored["system_tables"]
+        conn.execute(sa.text("UPDATE loom_migrations SET manifest = :m"), {"m": json.dumps(stored)})
+    engine.dispose()
+    plan = migrate_manifest(manifest, database_url=db_url)
+    assert [s.description for s in plan.steps][0] == "create table loom_audit (Loom's own, 9 columns)"
+    assert "loom_audit" in table_names(db_url)

@@ -1,0 +1,60 @@
+"""The audit trail: what changed, when, by whom, through which channel.
+
+Rows are written by the built-in ``loomcrm.plugins.audit`` plugin inside each write's transaction;
+this module holds the table, the diff, and the reads (record history, retention purge).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import sqlalchemy as sa
+
+from loomcrm.generators.tables import audit_table
+
+from ..manifest import Entity
+from .persistence import dump_record
+
+__all__ = ["AUDIT", "changed_fields", "write_entry", "history_page", "purge_before"]
+
+#: The audit table (the app's MetaData holds an identical one, which migrations create).
+AUDIT = audit_table(sa.MetaData())
+_INSERT = AUDIT.insert()
+_COLUMNS = (AUDIT.c.id, AUDIT.c.at, AUDIT.c.actor, AUDIT.c.channel, AUDIT.c.action, AUDIT.c.version,
+            AUDIT.c.changes)
+
+
+def changed_fields(entity: Entity, old: dict[str, Any] | None, new: dict[str, Any] | None) -> dict[str, list]:
+    """``{field: [old, new]}`` in JSON form for every user field whose value differs."""
+    before = dump_record(entity, old) if old else {}
+    after = dump_record(entity, new) if new else {}
+    changes = {}
+    for field in entity.user_fields:
+        a, b = before.get(field.name), after.get(field.name)
+        if a != b:
+            changes[field.name] = [a, b]
+    return changes
+
+
+def write_entry(conn: sa.Connection, *, at: dt.datetime, actor: int | None, channel: str, action: str,
+                entity: Entity, record: dict[str, Any], changes: dict[str, list]) -> None:
+    conn.execute(_INSERT, {"at": at, "actor": actor, "channel": channel, "action": action, "entity": entity.name,
+                           "record_id": record["id"], "version": record.get("version"), "changes": changes})
+
+
+def history_page(conn: sa.Connection, entity: Entity, record_id: int, *, limit: int,
+                 before: int | None) -> tuple[list[dict[str, Any]], int | None]:
+    """Entries of one record, newest first, and the id to continue before (or None on the last page)."""
+    stmt = sa.select(*_COLUMNS).where(AUDIT.c.entity == entity.name, AUDIT.c.record_id == record_id)
+    if before is not None:
+        stmt = stmt.where(AUDIT.c.id < before)
+    rows = conn.execute(stmt.order_by(AUDIT.c.id.desc()).limit(limit + 1)).all()
+    entries = [{"id": r.id, "at": r.at.isoformat().replace("+00:00", "Z"), "actor": r.actor, "channel": r.channel,
+                "action": r.action, "version": r.version, "changes": r.changes} for r in rows[:limit]]
+    return entries, entries[-1]["id"] if len(rows) > limit else None
+
+
+def purge_before(conn: sa.Connection, cutoff: dt.datetime) -> int:
+    """Delete entries older than ``cutoff``; returns how many."""
+    return conn.execute(AUDIT.delete().where(AUDIT.c.at < cutoff)).rowcount
