@@ -25,7 +25,9 @@ run: $(STAMP)
 	@echo "  Loom example CRM: http://$(HOST):$(PORT)/"
 	@echo "  REST API:         http://$(HOST):$(PORT)/api/accounts"
 	@echo "  API docs (UI):    http://$(HOST):$(PORT)/schema/swagger"
-	@echo "  Demo logins:      none yet: this version has no authentication; every request is anonymous"
+	@echo "  Demo users:       admin, li.manager, zhang.rep, smith.rep, wu.marketing, chen.service, wang.finance"
+	@echo "                    password loom-demo-2026 (demo data only; manage users with: loom user ...)"
+	@echo "                    sign-in and roles are not enforced yet: the API still serves every request"
 	@echo ""
 	$(BIN)/loom -p $(EXAMPLE) serve --host $(HOST) --port $(PORT)
 

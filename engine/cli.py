@@ -10,6 +10,8 @@ import json
 import os
 import sys
 
+from loomcrm.schemas.system import SYSTEM_ENTITIES
+
 from .errors import ConfigErrors
 
 __all__ = ["main"]
@@ -40,6 +42,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--workers", type=int, default=1, help="worker processes sharing the database (default 1)")
+    p.add_argument("--database", help="database URL")
+    p = command("user", "manage users: create, passwd, disable, enable, list")
+    p.add_argument("action", choices=["create", "passwd", "disable", "enable", "list"])
+    p.add_argument("username", nargs="?")
+    p.add_argument("--name", help="full name (create)")
+    p.add_argument("--email", help="email address (create)")
+    p.add_argument("--password-stdin", action="store_true",
+                   help="read the password from standard input instead of prompting (create, passwd)")
+    p.add_argument("--database", help="database URL")
+    p = command("team", "manage teams: create, add, remove, list")
+    p.add_argument("action", choices=["create", "add", "remove", "list"])
+    p.add_argument("team", nargs="?")
+    p.add_argument("username", nargs="?", help="the member (add, remove)")
+    p.add_argument("--manager", help="username of the team's manager (create)")
     p.add_argument("--database", help="database URL")
     p = command("purge-audit", "delete audit rows older than audit.retain_days (or --days)")
     p.add_argument("--days", type=int, help="keep this many days instead of the config's retain_days")
@@ -99,10 +115,11 @@ def _validate(args) -> int:
     from .commands import validate
 
     manifest = validate(args.project)
-    fields = sum(len(e.user_fields) for e in manifest.entities.values())
-    print(f"ok: {manifest.app_name}: {_count(len(manifest.entities), 'entity', 'entities')}, "
-          f"{_count(fields, 'field', 'fields')}")
-    for entity in manifest.entities.values():
+    own = [e for e in manifest.entities.values() if e.name not in SYSTEM_ENTITIES]
+    fields = sum(len(e.user_fields) for e in own)
+    print(f"ok: {manifest.app_name}: {_count(len(own), 'entity', 'entities')}, "
+          f"{_count(fields, 'field', 'fields')} (plus Loom's {' and '.join(SYSTEM_ENTITIES)})")
+    for entity in own:
         print(f"  {entity.name:<24} /api/{entity.plural:<24} {len(entity.user_fields)} fields")
     return 0
 
@@ -169,6 +186,98 @@ def _purge_audit(args) -> int:
     return 0
 
 
+def _read_password(args, username: str) -> str:
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    import getpass
+
+    first = getpass.getpass(f"password for {username}: ")
+    if first != getpass.getpass("again: "):
+        raise _UsageError("the passwords differ; nothing was changed")
+    return first
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _users(args):
+    from .app import Loom
+    from .identity import Users
+
+    return Users(Loom.from_project(args.project, database_url=args.database))
+
+
+def _user(args) -> int:
+    from .errors import Problem
+    from .identity import PasswordRejected
+
+    if args.action != "list" and not args.username:
+        print(f"loom: 'user {args.action}' needs a username", file=sys.stderr)
+        return 2
+    users = _users(args)
+    try:
+        if args.action == "create":
+            password = _read_password(args, args.username)
+            fields = {k: v for k, v in (("name", args.name), ("email", args.email)) if v}
+            user = users.create(args.username, password, **fields)
+            print(f"created user {user['username']} (id {user['id']})")
+        elif args.action == "passwd":
+            users.set_password(args.username, _read_password(args, args.username))
+            print(f"password of {args.username} changed")
+        elif args.action in ("disable", "enable"):
+            users.set_active(args.username, args.action == "enable")
+            print(f"{args.username} {args.action}d")
+        else:
+            for user in users.list():
+                state = "" if user["active"] else "  (disabled)"
+                print(f"{user['username']:<24} {user.get('name') or '':<30} {user.get('email') or ''}{state}")
+    except (PasswordRejected, _UsageError) as exc:
+        print(f"loom: {exc}", file=sys.stderr)
+        return 1
+    except Problem as exc:
+        _print_problem(exc)
+        return 1
+    finally:
+        users.loom.close()
+    return 0
+
+
+def _team(args) -> int:
+    from .errors import Problem
+
+    needs = {"create": ["team"], "add": ["team", "username"], "remove": ["team", "username"], "list": []}
+    missing = [n for n in needs[args.action] if not getattr(args, n)]
+    if missing:
+        print(f"loom: 'team {args.action}' needs {' and '.join(missing)}", file=sys.stderr)
+        return 2
+    users = _users(args)
+    try:
+        if args.action == "create":
+            team = users.create_team(args.team, manager=args.manager)
+            print(f"created team {team['name']} (id {team['id']})")
+        elif args.action == "add":
+            users.add_member(args.team, args.username)
+            print(f"{args.username} is now in {args.team}")
+        elif args.action == "remove":
+            users.remove_member(args.team, args.username)
+            print(f"{args.username} left {args.team}")
+        else:
+            for team in users.teams():
+                print(team["name"])
+    except Problem as exc:
+        _print_problem(exc)
+        return 1
+    finally:
+        users.loom.close()
+    return 0
+
+
+def _print_problem(exc) -> None:
+    details = "; ".join(f"{e['field']}: {e['message']}" for e in exc.errors) or exc.detail or exc.title
+    print(f"loom: {details}", file=sys.stderr)
+
+
 def _output(text: str, path: str | None) -> None:
     if path:
         with open(path, "w", encoding="utf-8") as f:
@@ -192,7 +301,7 @@ def _openapi(args) -> int:
 
 
 COMMANDS = {"validate": _validate, "plan": _plan, "migrate": _migrate, "seed": _seed, "serve": _serve,
-            "purge-audit": _purge_audit, "schema": _schema, "openapi": _openapi}
+            "user": _user, "team": _team, "purge-audit": _purge_audit, "schema": _schema, "openapi": _openapi}
 
 if __name__ == "__main__":
     sys.exit(main())

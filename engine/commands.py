@@ -138,11 +138,15 @@ def _record(conn: sa.Connection, manifest: Manifest, the_plan: Plan, applied_by:
 
 
 class SeedApi:
-    """What a project's ``seed.py`` receives: ``api.create(entity, data) -> record``."""
+    """What a project's ``seed.py`` receives: ``api.create(entity, data) -> record``, and
+    ``api.users`` (:class:`~loomcrm.engine.identity.Users`) for demo users, teams and passwords."""
 
     def __init__(self, loom: Loom):
+        from .identity import Users
+
         self.loom = loom
         self.created = 0
+        self.users = Users(loom, channel="seed")
 
     def create(self, entity: str, data: dict[str, Any]) -> dict[str, Any]:
         record = self.loom.records.create(self.loom.entity(entity), data, Context(channel="seed"))

@@ -18,6 +18,7 @@ import pluggy
 from sqlalchemy import exc as sa_exc
 
 from loomcrm.schemas import EntitySpec, FieldSpec
+from loomcrm.schemas.system import EXTENSIBLE_KEYS, SYSTEM_ENTITIES
 
 from .database import ENV_DATABASE_URL, resolve_database_url
 from .errors import ConfigError, ConfigErrors, did_you_mean
@@ -72,7 +73,7 @@ def compile_manifest(loaded: LoadedConfig, pm: pluggy.PluginManager) -> Manifest
     types = field_types(pm)
     entities: dict[str, Entity] = {}
     plurals: dict[str, str] = {}
-    for name, spec in loaded.entities.items():
+    for name, spec in _with_system_entities(loaded, errors).items():
         entity = _compile_entity(loaded, name, spec, types, app, errors)
         if entity.plural in plurals:
             errors.append(_err(loaded, name, ("plural",) if spec.plural else (), "E123",
@@ -159,9 +160,48 @@ def _label(loaded, entity, path, value: Any, fallback: str, locales: list[str], 
     return localized(value, locales, fallback)
 
 
+def _with_system_entities(loaded: LoadedConfig, errors: list[ConfigError]) -> dict[str, EntitySpec]:
+    """Loom's ``user`` and ``team`` first, extended by the project's fields and labels; then the rest."""
+    specs: dict[str, EntitySpec] = {}
+    locales = list(loaded.project.app.locales)
+    for name, system in SYSTEM_ENTITIES.items():
+        system = _in_locales(system, locales)
+        extension = loaded.entities.get(name)
+        if extension is None:
+            specs[name] = system
+            continue
+        for key in sorted(extension.model_fields_set - {"fields", *EXTENSIBLE_KEYS}):
+            errors.append(_err(loaded, name, (key,), "E126", f"'{key}' of Loom's own entity '{name}' cannot be "
+                               "changed", f"a project may add fields and set {', '.join(EXTENSIBLE_KEYS)}"))
+        for fname in extension.fields:
+            if fname in system.fields:
+                errors.append(_err(loaded, name, ("fields", fname), "E123",
+                                   f"field '{name}.{fname}' is Loom's own and cannot be redefined",
+                                   f"give your field another name, e.g. '{name}_{fname}'"))
+        overrides = {k: getattr(extension, k) for k in EXTENSIBLE_KEYS if k in extension.model_fields_set}
+        specs[name] = system.model_copy(update={**overrides, "fields": {**extension.fields, **system.fields}})
+    specs.update((n, s) for n, s in loaded.entities.items() if n not in SYSTEM_ENTITIES)
+    return specs
+
+
+def _in_locales(spec: EntitySpec, locales: list[str]) -> EntitySpec:
+    """A system entity's texts in the app's locales (English where Loom has none of them)."""
+
+    def pick(text):
+        if not isinstance(text, dict):
+            return text
+        kept = {loc: text[loc] for loc in locales if loc in text}
+        return kept or text["en"]
+
+    fields = {n: f.model_copy(update={"label": pick(f.label), "help": pick(f.help)}) for n, f in spec.fields.items()}
+    return spec.model_copy(update={"label": pick(spec.label), "plural_label": pick(spec.plural_label),
+                                   "fields": fields})
+
+
 def _compile_entity(loaded, name, spec: EntitySpec, types, app, errors) -> Entity:
     locales = list(app.locales)
-    _identifier(loaded, name, (), name, "entity", RESERVED_ENTITY_NAMES, errors)
+    if name not in SYSTEM_ENTITIES:
+        _identifier(loaded, name, (), name, "entity", RESERVED_ENTITY_NAMES, errors)
     plural = spec.plural or pluralize(name)
     if spec.plural:
         _identifier(loaded, name, ("plural",), plural, "plural", RESERVED_ENTITY_NAMES, errors)

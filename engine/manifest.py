@@ -19,7 +19,7 @@ from .fieldtypes import FieldType
 __all__ = ["Manifest", "Entity", "Field", "Relation", "Index", "SYSTEM_FIELDS", "text_for", "localized"]
 
 #: Loom's own tables beside the entities' (created by migrations like entity tables).
-SYSTEM_TABLES = ("loom_audit",)
+SYSTEM_TABLES = ("loom_audit", "loom_credential")
 
 #: Columns every entity has, in table order. ``id`` comes first, the rest after the entity's fields.
 SYSTEM_FIELDS = ("id", "created_at", "updated_at", "created_by", "updated_by", "owner", "version")

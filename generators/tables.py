@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from loomcrm.engine.manifest import Entity, Manifest
 
 __all__ = ["NAMING_CONVENTION", "build_metadata", "JSONValue", "UTCDateTime", "id_type", "MIGRATIONS_TABLE",
-           "AUDIT_TABLE", "audit_table"]
+           "AUDIT_TABLE", "audit_table", "CREDENTIAL_TABLE", "credential_table"]
 
 NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
@@ -27,6 +27,7 @@ NAMING_CONVENTION = {
 }
 MIGRATIONS_TABLE = "loom_migrations"
 AUDIT_TABLE = "loom_audit"
+CREDENTIAL_TABLE = "loom_credential"
 ON_DELETE = {"restrict": "RESTRICT", "cascade": "CASCADE", "set_null": "SET NULL"}
 
 
@@ -78,6 +79,7 @@ def build_metadata(manifest: Manifest) -> sa.MetaData:
                 join_table(metadata, entity, field.name, manifest.entities[field.target])
     migrations_table(metadata)
     audit_table(metadata)
+    credential_table(metadata)
     return metadata
 
 
@@ -177,3 +179,15 @@ def audit_table(metadata: sa.MetaData) -> sa.Table:
     sa.Index("ix_loom_audit_actor", table.c.actor, table.c.at)
     sa.Index("ix_loom_audit_at", table.c.at)
     return table
+
+
+def credential_table(metadata: sa.MetaData) -> sa.Table:
+    """Password hashes (argon2), one row per user who has a password; never part of any API."""
+    return sa.Table(
+        CREDENTIAL_TABLE,
+        metadata,
+        sa.Column("user_id", id_type(), sa.ForeignKey("user.id", ondelete="CASCADE"), primary_key=True),
+        sa.Column("password_hash", sa.Text(), nullable=False),
+        sa.Column("changed_at", UTCDateTime(), nullable=False),
+        info={"system": True},
+    )

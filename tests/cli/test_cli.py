@@ -75,7 +75,8 @@ def test_plan_then_migrate_then_plan_again(capsys, project):
     assert "CREATE TABLE lead" in out
     assert tables(project / "tiny.db") == set()  # plan never changes the database
     code, out, _ = run(capsys, "-p", project, "migrate")
-    assert code == 0 and "applied." in out and tables(project / "tiny.db") == {"lead", "loom_migrations", "loom_audit"}
+    assert code == 0 and "applied." in out and tables(project / "tiny.db") == {
+        "lead", "loom_migrations", "loom_audit", "loom_credential", "user", "team", "user__teams"}
     code, out, _ = run(capsys, "-p", project, "plan")
     assert code == 0 and "The database is up to date." in out
 

@@ -68,7 +68,7 @@ def test_plural_defaults_follow_english_spelling():
     names = ["activity", "address", "company", "day", "box", "match", "wish", "contact"]
     manifest = compile_entities("entities:\n" + "".join(f"  {n}: {{}}\n" for n in names)
                                 + "  person: {plural: people}\n")
-    assert {n: e.plural for n, e in manifest.entities.items()} == {
+    assert {n: e.plural for n, e in manifest.entities.items() if n not in ("user", "team")} == {
         "activity": "activities", "address": "addresses", "company": "companies", "day": "days",
         "box": "boxes", "match": "matches", "wish": "wishes", "contact": "contacts", "person": "people",
     }

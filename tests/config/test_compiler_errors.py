@@ -56,17 +56,17 @@ def test_names_that_are_not_snake_case_ascii_get_a_suggestion():
 def test_reserved_names_are_refused_with_the_reason():
     assert errors_in("""\
         entities:
-          user:
+          session:
             fields:
               owner: {type: string}
           select:
             fields:
               version: {type: integer}
         """) == golden("""
-        entities.yaml:2:3 E122 entity name 'user' is reserved: Loom keeps it for its own records
-            hint: choose another name, e.g. 'crm_user'; 'label:' can still say 'User'
+        entities.yaml:2:3 E122 entity name 'session' is reserved: Loom keeps it for its own records
+            hint: choose another name, e.g. 'crm_session'; 'label:' can still say 'Session'
         entities.yaml:4:7 E122 field name 'owner' is reserved: every entity has a system field of that name
-            hint: choose another name, e.g. 'user_owner'; 'label:' can still say 'Owner'
+            hint: choose another name, e.g. 'session_owner'; 'label:' can still say 'Owner'
         entities.yaml:5:3 E122 entity name 'select' is reserved: it is an SQL keyword
             hint: choose another name, e.g. 'crm_select'; 'label:' can still say 'Select'
         entities.yaml:7:7 E122 field name 'version' is reserved: every entity has a system field of that name

@@ -196,6 +196,7 @@ def test_a_hook_value_that_breaks_the_field_type_is_rejected(loom_factory):
 def test_a_plugin_can_replace_a_builtin_field_type(loom_factory):
     class ShoutingString(FieldType):
         name = "string"
+        options = frozenset({"max_length", "pattern"})  # what Loom's own user entity uses
         filter_ops = frozenset({"eq"})
 
         def params(self, spec, app):
