@@ -31,6 +31,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import drivers
 import sqlalchemy as sa
 from drivers import LIST_PATH, SCENARIOS, Result, create_body, python_load, wrk_load
 from sqlalchemy.engine import make_url
@@ -134,6 +135,18 @@ def prepare(url: str, rows: int, analyze: bool, batch: int = 5_000) -> tuple[int
 
 
 # --- the servers ------------------------------------------------------------------------------------
+def bench_token(url: str) -> str:
+    """An API token of a bench user: every Loom request is signed in, as in production."""
+    from loomcrm.engine.app import Loom
+    from loomcrm.engine.testing import api_token
+
+    loom = Loom.from_project(PROJECT, database_url=url)
+    try:
+        return api_token(loom, "bench")
+    finally:
+        loom.close()
+
+
 def cpus() -> tuple[list[str], int | None]:
     """(prefix pinning the servers to one CPU, CPU for the load driver) or ([], None) when not possible."""
     allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
@@ -193,7 +206,8 @@ def wait_healthy(name: str, proc: subprocess.Popen, port: int, log: Path, timeou
 def call(port: int, path: str, body: dict | None = None) -> tuple[int, dict]:
     request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method="POST" if body else "GET",
                                      data=json.dumps(body).encode() if body else None,
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json",
+                                              "Authorization": drivers.AUTHORIZATION})
     with urllib.request.urlopen(request, timeout=10) as response:
         return response.status, json.loads(response.read())
 
@@ -207,7 +221,7 @@ def sanity_check(ports: dict[str, int], ids: tuple[int, int]) -> None:
             raise SystemExit(f"the apps disagree on GET {path}:\n loom:     {str(a)[:300]}\n baseline: {str(b)[:300]}")
     (sa_, a), (sb, b) = call(loom, "/api/accounts", json.loads(create_body(0))), \
         call(base, "/api/accounts", json.loads(create_body(0)))
-    moving = {"id", "created_at", "updated_at"}
+    moving = {"id", "created_at", "updated_at", "created_by", "updated_by", "owner"}  # Loom knows who called
     if (sa_, {k: v for k, v in a.items() if k not in moving}) != (sb, {k: v for k, v in b.items() if k not in moving}):
         raise SystemExit(f"the apps disagree on POST /api/accounts:\n loom:     {sa_} {a}\n baseline: {sb} {b}")
     print("sanity check: both apps return identical JSON for list, get and create")
@@ -270,6 +284,7 @@ def main() -> None:
         tmp = Path(tmp_name)
         print(f"database: {make_url(url).render_as_string()}  rows: {args.rows}")
         ids = prepare(url, args.rows, not args.no_analyze)
+        drivers.AUTHORIZATION = f"Bearer {bench_token(url)}"
         print(f"server: uvicorn, 1 worker, loop={loop}, http={http}, "
               f"{'pinned to CPU ' + pin[-1] if pin else 'not pinned (needs taskset and 2 CPUs)'}")
         print(f"driver: {'wrk' if wrk else 'python asyncio (less precise than wrk)'}, {args.connections} "

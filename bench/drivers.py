@@ -41,6 +41,10 @@ def create_body(n: int) -> str:
             f'"city":"Shanghai","annual_revenue":{n % 100000}.5}}')
 
 
+#: Sent with every request (Loom requires sign-in; the baseline ignores the header). Set by api.py.
+AUTHORIZATION = ""
+
+
 # --- wrk ---------------------------------------------------------------------------------------------
 LUA_DONE = """
 done = function(summary, latency, requests)
@@ -59,7 +63,7 @@ request = function() return wrk.format("GET", "/api/accounts/" .. math.random({l
 local n = 0
 local regions = {{"north", "east", "south", "west", "overseas"}}
 local industries = {{"technology", "retail", "finance", "logistics"}}
-local headers = {{["Content-Type"] = "application/json"}}
+local headers = {{["Content-Type"] = "application/json", ["Authorization"] = wrk.headers["Authorization"]}}
 request = function()
   n = n + 1
   local body = string.format('{{"name":"Bench account %d","region":"%s","industry":"%s","city":"Shanghai",'
@@ -74,7 +78,8 @@ def wrk_load(wrk: str, port: int, scenario: str, ids: tuple[int, int], connectio
              tmp: Path, cpu: int | None) -> Result:
     script = tmp / f"{scenario}.lua"
     body = LUA[scenario].format(seed=SEED, low=ids[0], high=ids[1]) if scenario != "list" else LUA[scenario]
-    script.write_text(body + LUA_DONE)
+    auth = f'wrk.headers["Authorization"] = "{AUTHORIZATION}"\n' if AUTHORIZATION else ""
+    script.write_text(auth + body + LUA_DONE)
     pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
     cmd = [*pin, wrk, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
            "-s", str(script), f"http://127.0.0.1:{port}/"]
@@ -89,6 +94,8 @@ def wrk_load(wrk: str, port: int, scenario: str, ids: tuple[int, int], connectio
 # --- the Python fallback -------------------------------------------------------------------------------
 def _request(method: str, path: str, body: str = "") -> bytes:
     head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    if AUTHORIZATION:
+        head += f"Authorization: {AUTHORIZATION}\r\n"
     if body:
         head += f"Content-Type: application/json\r\nContent-Length: {len(body.encode())}\r\n"
     return (head + "\r\n" + body).encode()

@@ -18,6 +18,7 @@ import pluggy
 from sqlalchemy import exc as sa_exc
 
 from loomcrm.schemas import EntitySpec, FieldSpec
+from loomcrm.schemas.project import AuthSpec
 from loomcrm.schemas.system import EXTENSIBLE_KEYS, SYSTEM_ENTITIES
 
 from .database import ENV_DATABASE_URL, resolve_database_url
@@ -108,6 +109,7 @@ def compile_manifest(loaded: LoadedConfig, pm: pluggy.PluginManager) -> Manifest
         entities=entities,
         project_dir=str(loaded.project_dir),
         audit_retain_days=loaded.project.audit.retain_days if loaded.project.audit else None,
+        auth=(loaded.project.auth or AuthSpec()).model_dump(),
     )
 
 

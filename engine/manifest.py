@@ -19,7 +19,7 @@ from .fieldtypes import FieldType
 __all__ = ["Manifest", "Entity", "Field", "Relation", "Index", "SYSTEM_FIELDS", "text_for", "localized"]
 
 #: Loom's own tables beside the entities' (created by migrations like entity tables).
-SYSTEM_TABLES = ("loom_audit", "loom_credential")
+SYSTEM_TABLES = ("loom_audit", "loom_credential", "loom_session", "loom_token", "loom_login_failure")
 
 #: Columns every entity has, in table order. ``id`` comes first, the rest after the entity's fields.
 SYSTEM_FIELDS = ("id", "created_at", "updated_at", "created_by", "updated_by", "owner", "version")
@@ -203,6 +203,8 @@ class Manifest:
     entities: dict[str, Entity]
     project_dir: str = "."
     audit_retain_days: int | None = None
+    auth: dict[str, Any] = field(default_factory=lambda: {"required": True, "session_hours": 12, "max_failures": 5,
+                                                          "lockout_minutes": 15})
 
     def entity_by_plural(self, plural: str) -> Entity | None:
         return next((e for e in self.entities.values() if e.plural == plural), None)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import textwrap
 
-__all__ = ["make_loom", "project_files", "compile_files", "config_errors"]
+__all__ = ["make_loom", "project_files", "compile_files", "config_errors", "api_token"]
 
 
 def project_files(entities_yaml: str, *, app: str = "app: {name: Test CRM, locales: [en, zh]}",
@@ -55,3 +55,16 @@ def make_loom(files: dict[str, str], database_url: str, *, plugins: list | None 
     if migrate:
         migrate_manifest(manifest, database_url=database_url)
     return Loom.from_manifest(manifest, pm, database_url=database_url)
+
+
+def api_token(loom, username: str = "tester") -> str:
+    """Create a user (if needed) and a personal API token for it; returns the token."""
+    from .identity import Users
+    from .runtime.auth import Auth
+
+    users = Users(loom, channel="python")
+    try:
+        user = users.find(username)
+    except Exception:
+        user = users.create(username, "a long password used only in tests")
+    return Auth(loom).create_token(user["id"], "tests").secret

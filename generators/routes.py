@@ -7,6 +7,7 @@ bodies are marked ``SkipValidation`` because the pipeline validates them (one va
 channel, with Loom's own error codes).
 """
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from litestar import Request, Response, Router, delete, get, patch, post
@@ -16,13 +17,14 @@ from pydantic import BaseModel
 
 from loomcrm.engine.errors import Problem
 from loomcrm.engine.manifest import Entity, text_for
-from loomcrm.engine.runtime.context import Context
+from loomcrm.engine.runtime.auth import SESSION_COOKIE
+from loomcrm.engine.runtime.context import Context, _utcnow
 from loomcrm.engine.runtime.pipeline import Records
 from loomcrm.engine.runtime.query import DEFAULT_LIMIT, MAX_LIMIT, parse_list_params, parse_page_params
 
 from .models import EntityModels
 
-__all__ = ["entity_router", "api_context"]
+__all__ = ["entity_router", "auth_router"]
 
 FILTER_HELP = (
     "Filters: `filter[<field>][<op>]=<value>` (op: eq, ne, lt, lte, gt, gte, in, contains, startswith, "
@@ -60,14 +62,11 @@ class ProblemDetails(BaseModel):
 
 
 def _problems(*statuses: int) -> dict[int, ResponseSpec]:
-    text = {400: "Invalid query parameters or headers", 404: "No such record", 409: "Version conflict, or the "
-            "record is still referenced", 422: "Invalid field values (each named in errors)"}
+    text = {400: "Invalid query parameters or headers", 401: "Not signed in, or the credentials are invalid",
+            404: "No such record", 409: "Version conflict, or the record is still referenced",
+            422: "Invalid field values (each named in errors)", 429: "Too many failed sign-ins; see Retry-After"}
     return {s: ResponseSpec(ProblemDetails, description=text[s], media_type="application/problem+json",
                             generate_examples=False) for s in statuses}
-
-
-def api_context(request: Request) -> Context:
-    return Context(actor=None, channel="api", locale=None)
 
 
 def parse_if_match(value: str | None) -> int | None:
@@ -99,7 +98,7 @@ def _typed(fn, annotations: dict[str, Any]):
 
 
 def entity_router(records: Records, entity: Entity, all_models: dict[str, EntityModels], *,
-                  sync_to_thread: bool) -> Router:
+                  sync_to_thread: bool, api_context: Callable[[Request], Context]) -> Router:
     plural = entity.plural
     models = all_models[entity.name]
     tag = text_for(entity.plural_label)
@@ -147,26 +146,27 @@ def entity_router(records: Records, entity: Entity, all_models: dict[str, Entity
     Version = Annotated[str | None, Parameter(description="The version you read; stale gets 409.",
                                               schema_extra={"type": "integer", "minimum": 1})]
     handlers = [
-        get("/", summary=f"List {tag}", description=FILTER_HELP, responses=_problems(400), **opts)(
+        get("/", summary=f"List {tag}", description=FILTER_HELP, responses=_problems(400, 401), **opts)(
             _typed(list_records, {"request": Request, **ListParams, "return": models.page})),
-        post("/", summary=f"Create a {text_for(entity.label)}", status_code=201, responses=_problems(400, 422),
+        post("/", summary=f"Create a {text_for(entity.label)}", status_code=201, responses=_problems(400, 401, 422),
              **opts)(
             _typed(create_record, {"request": Request, "data": SkipValidation[JSONBody[models.create]], "return": Response[models.record]})),
-        get("/{record_id:int}", summary=f"Get a {text_for(entity.label)}", responses=_problems(400, 404), **opts)(
+        get("/{record_id:int}", summary=f"Get a {text_for(entity.label)}", responses=_problems(400, 401, 404), **opts)(
             _typed(get_record, {"request": Request, "record_id": FromPath[int], "fields": ListParams["fields"],
                                 "expand": ListParams["expand"], "return": Response[models.record]})),
         patch("/{record_id:int}", summary=f"Change a {text_for(entity.label)}",
-              responses=_problems(400, 404, 409, 422), **opts)(
+              responses=_problems(400, 401, 404, 409, 422), **opts)(
             _typed(patch_record, {"request": Request, "record_id": FromPath[int], "data": SkipValidation[JSONBody[models.update]],
                                   "if_match": IfMatch, "return": Response[models.record]})),
-        delete("/{record_id:int}", summary=f"Delete a {text_for(entity.label)}", responses=_problems(400, 404, 409),
+        delete("/{record_id:int}", summary=f"Delete a {text_for(entity.label)}", responses=_problems(400, 401, 404, 409),
                **opts)(
             _typed(delete_record, {"request": Request, "record_id": FromPath[int], "version": Version,
                                    "if_match": IfMatch, "return": None})),
     ]
-    handlers.append(_history_handler(records, entity, opts))
+    handlers.append(_history_handler(records, entity, opts, api_context))
     for relation in entity.relations.values():
-        handlers.append(_related_handler(records, entity, relation, all_models[relation.entity].page, opts))
+        handlers.append(_related_handler(records, entity, relation, all_models[relation.entity].page, opts,
+                                         api_context))
     return Router(path=f"/api/{plural}", route_handlers=handlers)
 
 
@@ -185,7 +185,7 @@ class HistoryPage(BaseModel):
     next_cursor: str | None
 
 
-def _history_handler(records: Records, entity: Entity, opts):
+def _history_handler(records: Records, entity: Entity, opts, api_context):
     def history(request: Request, record_id: int, limit=None, cursor=None) -> Any:
         limit_, before = parse_page_params(request.query_params.multi_items())
         return records.history(entity, checked_id(entity, record_id), api_context(request), limit=limit_,
@@ -193,12 +193,12 @@ def _history_handler(records: Records, entity: Entity, opts):
 
     return get("/{record_id:int}/history", summary=f"History of a {text_for(entity.label)}",
                description="Every change to the record, newest first: when, who, through which channel, and "
-               "each changed field as [old, new].", name=f"{entity.name}.history", responses=_problems(400, 404),
+               "each changed field as [old, new].", name=f"{entity.name}.history", responses=_problems(400, 401, 404),
                **opts)(_typed(history, {"request": Request, "record_id": FromPath[int], "limit": ListParams["limit"],
                                         "cursor": ListParams["cursor"], "return": HistoryPage}))
 
 
-def _related_handler(records: Records, entity: Entity, relation, page, opts):
+def _related_handler(records: Records, entity: Entity, relation, page, opts, api_context):
     child = records.manifest.entities[relation.entity]
 
     def list_related(request: Request, record_id: int, sort=None, limit=None, cursor=None, fields=None,
@@ -208,5 +208,95 @@ def _related_handler(records: Records, entity: Entity, relation, page, opts):
 
     return get(f"/{{record_id:int}}/{relation.name}", summary=f"{text_for(child.plural_label)} of a "
                f"{text_for(entity.label)}", description=FILTER_HELP, name=f"{entity.name}.{relation.name}",
-               responses=_problems(400, 404), **opts)(
+               responses=_problems(400, 401, 404), **opts)(
         _typed(list_related, {"request": Request, "record_id": FromPath[int], **ListParams, "return": page}))
+
+
+# --- signing in -------------------------------------------------------------------------------------
+
+
+class LoginBody(BaseModel):
+    username: str
+    password: str
+
+
+class TokenBody(BaseModel):
+    name: str
+    days: int | None = None
+
+
+def auth_router(auth, api_context: Callable[[Request], Context], *, sync_to_thread: bool) -> Router:
+    """``/api/auth``: sign in and out (session cookie), who am I, personal API tokens."""
+    opts = {"sync_to_thread": sync_to_thread, "tags": ["Sign-in"]}
+
+    def login(request: Request, data: Any) -> Any:
+        if not isinstance(data, dict) or not isinstance(data.get("username"), str) \
+                or not isinstance(data.get("password"), str):
+            raise Problem(422, "Validation failed", errors=[{"field": "username", "code": "required",
+                                                               "message": "send username and password as text"}])
+        address = request.client.host if request.client else "unknown"
+        user, session = auth.login(data["username"], data["password"], address)
+        response = Response({"user": user, "expires_at": session.expires_at.isoformat().replace("+00:00", "Z")})
+        response.set_cookie(SESSION_COOKIE, session.secret, httponly=True, samesite="lax", path="/",
+                            secure=request.url.scheme == "https",
+                            max_age=int((session.expires_at - _utcnow()).total_seconds()))
+        return response
+
+    def logout(request: Request, everywhere: Any = None) -> Any:
+        ctx = api_context(request)
+        auth.logout(request.cookies.get(SESSION_COOKIE),
+                    everywhere_for=ctx.actor if everywhere in ("true", "1") else None)
+        response = Response(None, status_code=204)
+        response.delete_cookie(SESSION_COOKIE, path="/")
+        return response
+
+    def me(request: Request) -> Any:
+        ctx = api_context(request)
+        if ctx.actor is None:
+            raise Problem(401, "Unauthorized", detail="not signed in")
+        return auth.loom.records.get(auth.loom.entity("user"), ctx.actor, ctx)
+
+    def create_token(request: Request, data: Any) -> Any:
+        ctx = api_context(request)
+        if ctx.actor is None:
+            raise Problem(401, "Unauthorized", detail="not signed in")
+        body = data if isinstance(data, dict) else {}
+        name, days = body.get("name"), body.get("days")
+        if not isinstance(name, str) or (days is not None and (not isinstance(days, int) or isinstance(days, bool))):
+            raise Problem(422, "Validation failed", errors=[{"field": "name", "code": "type",
+                                                               "message": "name must be text and days a number"}])
+        token = auth.create_token(ctx.actor, name, days)
+        return Response({"id": token.id, "name": name, "token": token.secret,
+                         "expires_at": None if token.expires_at is None else
+                         token.expires_at.isoformat().replace("+00:00", "Z")}, status_code=201)
+
+    def list_tokens(request: Request) -> Any:
+        ctx = api_context(request)
+        if ctx.actor is None:
+            raise Problem(401, "Unauthorized", detail="not signed in")
+        return {"data": auth.list_tokens(ctx.actor)}
+
+    def revoke_token(request: Request, token_id: int) -> None:
+        ctx = api_context(request)
+        if ctx.actor is None:
+            raise Problem(401, "Unauthorized", detail="not signed in")
+        auth.revoke_token(ctx.actor, token_id)
+
+    handlers = [
+        post("/login", summary="Sign in (sets the session cookie)", status_code=200,
+             responses=_problems(401, 422, 429), **opts)(
+            _typed(login, {"request": Request, "data": SkipValidation[JSONBody[LoginBody]], "return": Any})),
+        post("/logout", summary="Sign out (everywhere=true: all sessions)", status_code=204,
+             responses=_problems(401), **opts)(
+            _typed(logout, {"request": Request, "everywhere": Annotated[str | None, Parameter()], "return": None})),
+        get("/me", summary="The signed-in user", responses=_problems(401), **opts)(
+            _typed(me, {"request": Request, "return": Any})),
+        post("/tokens", summary="Create a personal API token (shown once)", responses=_problems(401, 422),
+             **opts)(_typed(create_token, {"request": Request, "data": SkipValidation[JSONBody[TokenBody]],
+                                           "return": Any})),
+        get("/tokens", summary="Your API tokens (without their secrets)", responses=_problems(401), **opts)(
+            _typed(list_tokens, {"request": Request, "return": Any})),
+        delete("/tokens/{token_id:int}", summary="Revoke one of your API tokens", responses=_problems(401, 404),
+               **opts)(_typed(revoke_token, {"request": Request, "token_id": FromPath[int], "return": None})),
+    ]
+    return Router(path="/api/auth", route_handlers=handlers)

@@ -80,6 +80,7 @@ def build_metadata(manifest: Manifest) -> sa.MetaData:
     migrations_table(metadata)
     audit_table(metadata)
     credential_table(metadata)
+    auth_tables(metadata)
     return metadata
 
 
@@ -191,3 +192,36 @@ def credential_table(metadata: sa.MetaData) -> sa.Table:
         sa.Column("changed_at", UTCDateTime(), nullable=False),
         info={"system": True},
     )
+
+
+def auth_tables(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table, sa.Table]:
+    """Sessions and API tokens (stored as SHA-256 of the secret, never the secret itself), and failed
+    sign-ins counted per account and per address, in the database so every worker process shares them."""
+    user_fk = sa.ForeignKey("user.id", ondelete="CASCADE")
+    sessions = sa.Table(
+        "loom_session", metadata,
+        sa.Column("id", sa.String(64), primary_key=True),
+        sa.Column("user_id", id_type(), user_fk, nullable=False, index=True),
+        sa.Column("created_at", UTCDateTime(), nullable=False),
+        sa.Column("expires_at", UTCDateTime(), nullable=False),
+        info={"system": True},
+    )
+    tokens = sa.Table(
+        "loom_token", metadata,
+        sa.Column("id", id_type(), primary_key=True, autoincrement=True),
+        sa.Column("user_id", id_type(), sa.ForeignKey("user.id", ondelete="CASCADE"), nullable=False, index=True),
+        sa.Column("name", sa.String(100), nullable=False),
+        sa.Column("secret_hash", sa.String(64), nullable=False, unique=True),
+        sa.Column("created_at", UTCDateTime(), nullable=False),
+        sa.Column("expires_at", UTCDateTime(), nullable=True),
+        sa.Column("revoked_at", UTCDateTime(), nullable=True),
+        info={"system": True},
+    )
+    failures = sa.Table(
+        "loom_login_failure", metadata,
+        sa.Column("key", sa.String(300), primary_key=True),
+        sa.Column("window_start", UTCDateTime(), nullable=False),
+        sa.Column("count", sa.Integer(), nullable=False),
+        info={"system": True},
+    )
+    return sessions, tokens, failures

@@ -68,6 +68,8 @@ class StringType(FieldType):
     def parse(self, field, value):
         if not isinstance(value, str):
             raise _bad("type", "must be text")
+        if "\x00" in value:  # no database stores it the same way (PostgreSQL refuses it)
+            raise _bad("type", "must not contain NUL characters (\\u0000)")
         limit = field.params.get("max_length")
         if limit and len(value) > limit:
             raise _bad("max_length", f"must be at most {limit} characters (got {len(value)})")
@@ -420,6 +422,8 @@ class JSONType(FieldType):
         return Any
 
     def parse(self, field, value):
+        if "\\u0000" in json.dumps(value):
+            raise _bad("type", "must not contain NUL characters (\\u0000)")
         schema = field.params.get("json_schema")
         if schema is not None:
             error = jsonschema.exceptions.best_match(_json_validator(json.dumps(schema, sort_keys=True))

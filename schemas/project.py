@@ -6,7 +6,7 @@ from pydantic import Field
 
 from .entity import EntitySpec, SpecModel
 
-__all__ = ["AppSpec", "AuditSpec", "ConfigFileSpec", "DatabaseSpec", "PROJECT_ONLY_KEYS"]
+__all__ = ["AppSpec", "AuditSpec", "AuthSpec", "ConfigFileSpec", "DatabaseSpec", "PROJECT_ONLY_KEYS"]
 
 
 class AppSpec(SpecModel):
@@ -38,6 +38,19 @@ class AuditSpec(SpecModel):
     )
 
 
+class AuthSpec(SpecModel):
+    """How people and programs sign in."""
+
+    required: bool = Field(
+        True, description="Every API request must be signed in (session cookie or API token). "
+        "Turn off only for a local prototype: anonymous requests then act as nobody."
+    )
+    session_hours: int = Field(12, ge=1, le=24 * 90, description="How long a web sign-in lasts.")
+    max_failures: int = Field(5, ge=1, le=100, description="Failed sign-ins per account, and per address, "
+                              "within `lockout_minutes` before further attempts are refused (429).")
+    lockout_minutes: int = Field(15, ge=1, le=24 * 60)
+
+
 class ConfigFileSpec(SpecModel):
     """Any Loom config file. Only the project file (loom.yaml) may set app, include, database, plugins."""
 
@@ -46,8 +59,9 @@ class ConfigFileSpec(SpecModel):
     database: DatabaseSpec | None = None
     plugins: list[str] = Field(default_factory=list, description="Python modules or entry-point names.")
     audit: AuditSpec | None = None
+    auth: AuthSpec | None = None
     entities: dict[str, EntitySpec] = Field(default_factory=dict)
 
 
 #: Keys that mean something only in the project file.
-PROJECT_ONLY_KEYS = ("app", "include", "database", "plugins", "audit")
+PROJECT_ONLY_KEYS = ("app", "include", "database", "plugins", "audit", "auth")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from litestar.testing import TestClient
 
+from loomcrm.engine.testing import api_token
+
 CRM = """
 entities:
   account:
@@ -49,7 +51,9 @@ def crm(loom_factory):
 
 @pytest.fixture
 def client(crm):
+    """A client signed in with an API token."""
     with TestClient(crm.asgi()) as test_client:
+        test_client.headers["Authorization"] = f"Bearer {api_token(crm)}"
         yield test_client
 
 

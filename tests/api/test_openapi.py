@@ -11,6 +11,8 @@ import time
 import requests
 import schemathesis
 import uvicorn
+
+from loomcrm.engine.testing import api_token
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -49,6 +51,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(crm):
         assert len(operations) >= 20
         failures = []
         with requests.Session() as session:
+            session.headers["Authorization"] = f"Bearer {api_token(crm)}"
             for operation in operations:
 
                 @given(case=operation.as_strategy())

@@ -125,3 +125,9 @@ def test_json_field_values_must_satisfy_its_json_schema(loom_factory):
         loom.records.create(entity, {"name": "Bad", "specs": {"weight_kg": -1}}, Context())
     assert info.value.errors == [{"field": "specs", "code": "json_schema",
                                   "message": "['weight_kg']: -1 is less than the minimum of 0"}]
+
+
+def test_nul_characters_are_refused_in_text_and_json(client):
+    response = client.post("/api/accounts", json={"name": "a\u0000b", "meta": {"k": "\u0000"}})
+    assert response.status_code == 422
+    assert errors_of(response) == {"name": "type", "meta": "type"}

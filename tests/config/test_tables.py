@@ -181,7 +181,8 @@ def test_every_column_names_the_field_it_stores(metadata):
 
 def test_metadata_holds_the_entities_join_tables_and_loom_tables(metadata):
     assert sorted(metadata.tables) == sorted(["account", "contact", "contact__watched", MIGRATIONS_TABLE,
-                                              "loom_audit", "loom_credential", "user", "team", "user__teams"])
+                                              "loom_audit", "loom_credential", "loom_session", "loom_token",
+                                              "loom_login_failure", "user", "team", "user__teams"])
 
 
 def test_tables_are_created_without_name_clashes_when_an_index_is_declared_twice(metadata, db_url):

@@ -13,7 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from loomcrm.engine.app import Loom
 from loomcrm.engine.cli import main as loom
+from loomcrm.engine.testing import api_token
 
 ROOT = Path(__file__).resolve().parents[2]
 SALES = ROOT / "examples" / "sales"
@@ -28,6 +30,9 @@ def free_port() -> int:
 @pytest.fixture
 def server(db_url):
     assert loom(["-p", str(SALES), "migrate", "--database", db_url]) == 0
+    app = Loom.from_project(SALES, database_url=db_url)
+    token = api_token(app)
+    app.close()
     port = free_port()
     env = {**os.environ, "LOOM_DATABASE_URL": db_url}
     process = subprocess.Popen(
@@ -45,7 +50,7 @@ def server(db_url):
         else:
             process.kill()
             pytest.fail("server did not start:\n" + (process.stdout.read() if process.stdout else ""))
-        yield base
+        yield httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30)
     finally:
         process.terminate()
         try:
@@ -57,22 +62,22 @@ def server(db_url):
 def test_two_workers_accept_concurrent_writes_without_losing_any(server):
     def create(i: int) -> int:
         body = {"name": f"Parallel {i}", "region": ["north", "east", "south"][i % 3]}
-        return httpx.post(f"{server}/api/accounts", json=body, timeout=30).status_code
+        return server.post("/api/accounts", json=body).status_code
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         statuses = list(pool.map(create, range(60)))
     assert statuses == [201] * 60
-    page = httpx.get(f"{server}/api/accounts?count=true&limit=1&filter[name][startswith]=Parallel").json()
+    page = server.get("/api/accounts?count=true&limit=1&filter[name][startswith]=Parallel").json()
     assert page["count"] == 60
 
 
 def test_concurrent_patches_through_two_workers_bump_version_once_each(server):
-    record = httpx.post(f"{server}/api/accounts", json={"name": "Counter", "employees": 0}).json()
+    record = server.post("/api/accounts", json={"name": "Counter", "employees": 0}).json()
 
     def bump(n: int) -> int:
-        return httpx.patch(f"{server}/api/accounts/{record['id']}", json={"employees": n}, timeout=30).status_code
+        return server.patch(f"/api/accounts/{record['id']}", json={"employees": n}).status_code
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         statuses = list(pool.map(bump, range(1, 25)))
     assert statuses == [200] * 24
-    assert httpx.get(f"{server}/api/accounts/{record['id']}").json()["version"] == 25
+    assert server.get(f"/api/accounts/{record['id']}").json()["version"] == 25
