@@ -11,8 +11,6 @@ import time
 import requests
 import schemathesis
 import uvicorn
-
-from loomcrm.engine.testing import api_token
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -20,6 +18,8 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+
+from loomcrm.engine.testing import api_token
 
 
 def test_openapi_documents_every_entity_with_its_own_schemas(client):

@@ -286,3 +286,14 @@ def test_invalid_json_schema_on_a_json_field_is_a_config_error():
     [error] = info.value.errors
     assert error.code == "E129" and "json_schema is not a valid JSON Schema" in error.message
     assert str(error.location) == "entities.yaml:4:36"  # the value's opening brace
+
+
+def test_history_cannot_name_a_related_list():
+    errors = errors_in("""\
+        entities:
+          account: {}
+          note:
+            fields:
+              account: {type: ref, to: account, related_name: history}
+        """)
+    assert "E122 'history' cannot name a related list: /api/<plural>/{id}/history is Loom's own" in errors
