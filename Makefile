@@ -27,7 +27,7 @@ run: $(STAMP)
 	@echo "  API docs (UI):    http://$(HOST):$(PORT)/schema/swagger"
 	@echo "  Demo users:       admin, li.manager, zhang.rep, smith.rep, wu.marketing, chen.service, wang.finance"
 	@echo "                    password loom-demo-2026 (demo data only; manage users with: loom user ...)"
-	@echo "                    sign-in and roles are not enforced yet: the API still serves every request"
+	@echo "                    the API needs a sign-in (POST /api/auth/login, or a token); roles are not built yet"
 	@echo ""
 	$(BIN)/loom -p $(EXAMPLE) serve --host $(HOST) --port $(PORT)
 

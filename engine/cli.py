@@ -191,8 +191,12 @@ def _read_password(args, username: str) -> str:
         return sys.stdin.readline().rstrip("\n")
     import getpass
 
-    first = getpass.getpass(f"password for {username}: ")
-    if first != getpass.getpass("again: "):
+    try:
+        first = getpass.getpass(f"password for {username}: ")
+        again = getpass.getpass("again: ")
+    except EOFError:
+        raise _UsageError("no terminal to ask for the password: pipe it in with --password-stdin") from None
+    if first != again:
         raise _UsageError("the passwords differ; nothing was changed")
     return first
 

@@ -32,7 +32,7 @@ def changed_fields(entity: Entity, old: dict[str, Any] | None, new: dict[str, An
     changes = {}
     for field in entity.user_fields:
         a, b = before.get(field.name), after.get(field.name)
-        if a != b:
+        if a != b and not (a in (None, []) and b in (None, [])):  # no links and no field: the same
             changes[field.name] = [a, b]
     return changes
 

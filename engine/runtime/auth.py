@@ -118,15 +118,16 @@ class Auth:
         user = self.users.authenticate(username, password)
         if user is None:
             self._count_failure(keys)
-            raise Problem(401, "Unauthorized", detail="wrong username or password")
+            raise Problem(401, "Unauthorized", detail="wrong username or password",
+                          headers={"WWW-Authenticate": 'Bearer realm="loom"'})
         self._clear_failures(keys[:1])
         secret = secrets.token_urlsafe(32)
         expires = _now() + dt.timedelta(hours=self.settings["session_hours"])
         with self.loom.records.writing(Context(actor=user["id"])) as conn:
             conn.execute(self.sessions.insert().values(id=_digest(secret), user_id=user["id"], created_at=_now(),
                                                        expires_at=expires))
-        self.loom.records.update(self.loom.entity("user"), user["id"], {"last_login_at": _now()},
-                                 Context(actor=user["id"], channel="api"), trusted=True)
+        user = self.loom.records.update(self.loom.entity("user"), user["id"], {"last_login_at": _now()},
+                                        Context(actor=user["id"], channel="api"), trusted=True)
         return user, NewSecret(_digest(secret), secret, expires)
 
     def logout(self, session_secret: str | None, *, everywhere_for: int | None = None) -> None:

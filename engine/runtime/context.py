@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 __all__ = ["Context", "CHANNELS"]
 
-CHANNELS = ("api", "admin", "import", "python", "seed")
+CHANNELS = ("api", "admin", "import", "python", "seed", "cli")
 
 
 def _utcnow() -> dt.datetime:

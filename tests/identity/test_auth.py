@@ -61,7 +61,8 @@ def test_sign_in_sets_a_safe_session_cookie_and_records_who_writes(client, loom)
     assert record["created_by"] == record["owner"] == record["updated_by"] == user_id
     history = client.get(f"/api/accounts/{record['id']}/history").json()["data"]
     assert history[0]["actor"] == user_id
-    assert client.get("/api/auth/me").json()["last_login_at"] is not None
+    assert response.json()["user"]["last_login_at"] is not None
+    assert client.get("/api/auth/me").json() == response.json()["user"]
 
 
 def test_the_session_secret_is_stored_only_as_a_hash(client, loom):
@@ -89,6 +90,7 @@ def test_logout_everywhere_ends_every_session_of_the_user(loom):
 def test_wrong_password_and_unknown_user_get_the_same_answer(client):
     wrong, unknown = sign_in(client, password="not the password"), sign_in(client, username="nobody")
     assert wrong.status_code == unknown.status_code == 401
+    assert wrong.headers["www-authenticate"] == unknown.headers["www-authenticate"]
     assert wrong.json() == unknown.json() == {"type": "about:blank", "title": "Unauthorized", "status": 401,
                                               "detail": "wrong username or password"}
 

@@ -128,6 +128,8 @@ def test_user_and_team_commands(tmp_path, capsys, monkeypatch):
     assert main(["-p", project, "team", "add", "west", "zhang"]) == 1
     assert main(["-p", project, "user", "disable", "zhang"]) == 0
     assert main(["-p", project, "user", "passwd"]) == 2
+    monkeypatch.setattr("getpass.getpass", lambda prompt="": (_ for _ in ()).throw(EOFError()))
+    assert main(["-p", project, "user", "passwd", "zhang"]) == 1  # no terminal, no --password-stdin
     capsys.readouterr()
     assert main(["-p", project, "user", "list"]) == 0
     out, _ = capsys.readouterr()
