@@ -48,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("username", nargs="?")
     p.add_argument("--name", help="full name (create)")
     p.add_argument("--email", help="email address (create)")
+    p.add_argument("--role", action="append", default=[], help="a role to give the user (create; repeatable)")
     p.add_argument("--password-stdin", action="store_true",
                    help="read the password from standard input instead of prompting (create, passwd)")
     p.add_argument("--database", help="database URL")
@@ -57,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("username", nargs="?", help="the member (add, remove)")
     p.add_argument("--manager", help="username of the team's manager (create)")
     p.add_argument("--database", help="database URL")
+    p = command("access", "print what a role may do: operations per entity and field levels")
+    p.add_argument("role", help="a role name from 'roles:' in the config")
     p = command("purge-audit", "delete audit rows older than audit.retain_days (or --days)")
     p.add_argument("--days", type=int, help="keep this many days instead of the config's retain_days")
     p.add_argument("--database", help="database URL")
@@ -172,6 +175,33 @@ def _serve(args) -> int:
     return 0
 
 
+def _access(args) -> int:
+    from .commands import validate
+    from .errors import did_you_mean
+    from .policy import OPERATIONS
+
+    manifest = validate(args.project)
+    policy = manifest.roles.get(args.role)
+    if policy is None:
+        hint = did_you_mean(args.role, manifest.roles) or f"roles: {', '.join(sorted(manifest.roles)) or 'none'}"
+        print(f"loom: no role '{args.role}' ({hint})", file=sys.stderr)
+        return 1
+    print(f"role {policy.name} ({policy.label}); scopes: none, own, team, all\n")
+    print(f"{'entity':<20}" + "".join(f"{op:<8}" for op in OPERATIONS))
+    for entity in manifest.entities:
+        grant = policy.grant(entity)
+        print(f"{entity:<20}" + "".join(f"{grant.scope(op):<8}" for op in OPERATIONS))
+    for entity, fields in policy.levels.items():
+        hidden = sorted(f for f, level in fields.items() if level == "hidden")
+        read = sorted(f for f, level in fields.items() if level == "read" and not manifest.entities[entity].fields[f].system)
+        if hidden or read:
+            print(f"\n{entity}: " + "; ".join(part for part in (
+                f"hidden: {', '.join(hidden)}" if hidden else "", f"read only: {', '.join(read)}" if read else "")
+                if part))
+    print("\nnote: roles are compiled and explained; enforcing them in the API comes next")
+    return 0
+
+
 def _purge_audit(args) -> int:
     from .commands import purge_audit
 
@@ -223,7 +253,7 @@ def _user(args) -> int:
     try:
         if args.action == "create":
             password = _read_password(args, args.username)
-            fields = {k: v for k, v in (("name", args.name), ("email", args.email)) if v}
+            fields = {k: v for k, v in (("name", args.name), ("email", args.email), ("roles", args.role)) if v}
             user = users.create(args.username, password, **fields)
             print(f"created user {user['username']} (id {user['id']})")
         elif args.action == "passwd":
@@ -305,7 +335,7 @@ def _openapi(args) -> int:
 
 
 COMMANDS = {"validate": _validate, "plan": _plan, "migrate": _migrate, "seed": _seed, "serve": _serve,
-            "user": _user, "team": _team, "purge-audit": _purge_audit, "schema": _schema, "openapi": _openapi}
+            "user": _user, "team": _team, "access": _access, "purge-audit": _purge_audit, "schema": _schema, "openapi": _openapi}
 
 if __name__ == "__main__":
     sys.exit(main())

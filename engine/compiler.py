@@ -37,6 +37,7 @@ from .names import (
     pluralize,
 )
 from .plugins import field_types, make_plugin_manager
+from .policy import compile_roles
 from .validation import describe_path
 
 __all__ = ["compile_manifest", "compile_project", "IDENTIFIER", "RESERVED_ENTITY_NAMES"]
@@ -86,6 +87,7 @@ def compile_manifest(loaded: LoadedConfig, pm: pluggy.PluginManager) -> Manifest
     _check_index_names(loaded, errors)
     if not errors:
         entities = _add_relations(loaded, entities, errors)
+    roles = compile_roles(loaded, entities, app.locales[0], errors)
     database = loaded.project.database
     url = ""
     try:
@@ -110,6 +112,7 @@ def compile_manifest(loaded: LoadedConfig, pm: pluggy.PluginManager) -> Manifest
         project_dir=str(loaded.project_dir),
         audit_retain_days=loaded.project.audit.retain_days if loaded.project.audit else None,
         auth=(loaded.project.auth or AuthSpec()).model_dump(),
+        roles=roles,
     )
 
 
@@ -168,6 +171,9 @@ def _with_system_entities(loaded: LoadedConfig, errors: list[ConfigError]) -> di
     locales = list(loaded.project.app.locales)
     for name, system in SYSTEM_ENTITIES.items():
         system = _in_locales(system, locales)
+        if name == "user" and loaded.roles:  # which roles a user holds (the union of their grants applies)
+            roles = FieldSpec(type="multi_enum", options=list(loaded.roles), label="Roles")
+            system = system.model_copy(update={"fields": {**system.fields, "roles": roles}})
         extension = loaded.entities.get(name)
         if extension is None:
             specs[name] = system

@@ -20,6 +20,7 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.nodes import MappingNode, Node, SequenceNode
 
 from loomcrm.schemas import ConfigFileSpec, EntitySpec
+from loomcrm.schemas.security import RoleSpec
 
 from .errors import ConfigError, ConfigErrors, Location, did_you_mean
 from .validation import validate_file
@@ -62,6 +63,12 @@ class LoadedConfig:
     entities: dict[str, EntitySpec]
     entity_sources: dict[str, SourceFile]
     project_source: SourceFile
+    roles: dict[str, RoleSpec] = field(default_factory=dict)
+    role_sources: dict[str, SourceFile] = field(default_factory=dict)
+
+    def where_role(self, role: str, *path: Any, key: bool = False) -> Location:
+        """Location of ``roles.<role>.<path...>``."""
+        return self.role_sources.get(role, self.project_source).where(("roles", role, *path), key=key)
 
     def where(self, entity: str, *path: Any, key: bool = False) -> Location:
         """Location of ``entities.<entity>.<path...>`` in whichever file defined the entity."""
@@ -173,29 +180,31 @@ def _load(project_dir: Path, project_name: str, texts: dict[str, str], files) ->
             source = parse_yaml(name, text, errors)
             sources.append((source, validate_file(source, errors, is_project=False)))
 
-    entities: dict[str, EntitySpec] = {}
-    entity_sources: dict[str, SourceFile] = {}
-    for source, spec in sources:
-        if spec is None:
-            continue
-        for name, entity in spec.entities.items():
-            if name in entities:
-                first = entity_sources[name].where(("entities", name), key=True)
-                errors.append(
-                    ConfigError(
-                        source.where(("entities", name), key=True),
-                        "E123",
-                        f"entity '{name}' is defined twice (first at {first})",
-                        "rename one of them, or merge their fields into one definition",
-                    )
-                )
-                continue
-            entities[name] = entity
-            entity_sources[name] = source
+    entities, entity_sources = _collect(sources, "entities", "entity", errors)
+    roles, role_sources = _collect(sources, "roles", "role", errors)
     if errors:
         raise ConfigErrors(errors)
     assert project_spec is not None
-    return LoadedConfig(project_dir, project_spec, entities, entity_sources, project_source)
+    return LoadedConfig(project_dir, project_spec, entities, entity_sources, project_source, roles, role_sources)
+
+
+def _collect(sources, key: str, kind: str, errors: list[ConfigError]) -> tuple[dict, dict[str, SourceFile]]:
+    """The named items under ``key`` across all files; a name defined twice is an error naming both."""
+    items: dict[str, Any] = {}
+    where: dict[str, SourceFile] = {}
+    for source, spec in sources:
+        if spec is None:
+            continue
+        for name, item in getattr(spec, key).items():
+            if name in items:
+                first = where[name].where((key, name), key=True)
+                errors.append(ConfigError(source.where((key, name), key=True), "E123",
+                                          f"{kind} '{name}' is defined twice (first at {first})",
+                                          "rename one of them, or merge them into one definition"))
+                continue
+            items[name] = item
+            where[name] = source
+    return items, where
 
 
 def _raw_include(source: SourceFile) -> list[str]:

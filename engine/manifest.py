@@ -203,6 +203,7 @@ class Manifest:
     entities: dict[str, Entity]
     project_dir: str = "."
     audit_retain_days: int | None = None
+    roles: dict[str, Any] = field(default_factory=dict)  # name -> policy.RolePolicy
     auth: dict[str, Any] = field(default_factory=lambda: {"required": True, "session_hours": 12, "max_failures": 5,
                                                           "lockout_minutes": 15})
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from .entity import EntitySpec, SpecModel
+from .security import RoleSpec
 
 __all__ = ["AppSpec", "AuditSpec", "AuthSpec", "ConfigFileSpec", "DatabaseSpec", "PROJECT_ONLY_KEYS"]
 
@@ -60,6 +61,7 @@ class ConfigFileSpec(SpecModel):
     plugins: list[str] = Field(default_factory=list, description="Python modules or entry-point names.")
     audit: AuditSpec | None = None
     auth: AuthSpec | None = None
+    roles: dict[str, RoleSpec] = Field(default_factory=dict)
     entities: dict[str, EntitySpec] = Field(default_factory=dict)
 
 

@@ -226,23 +226,23 @@ def make_activity(account_id: int | None, contact_id: int | None, lang: str) -> 
 
 #: Demo sign-ins (this example only: a real project never ships passwords). `make run` prints them.
 DEMO_PASSWORD = "loom-demo-2026"
-DEMO_USERS = [  # username, full name, email, team
-    ("admin", "Ada Admin", "admin@loom-sales.example.com", None),
-    ("li.manager", "李娜", "li.na@loom-sales.example.com", "east"),
-    ("zhang.rep", "张伟", "zhang.wei@loom-sales.example.com", "east"),
-    ("smith.rep", "John Smith", "john.smith@loom-sales.example.com", "overseas"),
-    ("wu.marketing", "吴芳", "wu.fang@loom-sales.example.com", None),
-    ("chen.service", "陈杰", "chen.jie@loom-sales.example.com", None),
-    ("wang.finance", "王静", "wang.jing@loom-sales.example.com", None),
+DEMO_USERS = [  # username, full name, email, team, role
+    ("admin", "Ada Admin", "admin@loom-sales.example.com", None, "admin"),
+    ("li.manager", "李娜", "li.na@loom-sales.example.com", "east", "sales_manager"),
+    ("zhang.rep", "张伟", "zhang.wei@loom-sales.example.com", "east", "sales_rep"),
+    ("smith.rep", "John Smith", "john.smith@loom-sales.example.com", "overseas", "sales_rep"),
+    ("wu.marketing", "吴芳", "wu.fang@loom-sales.example.com", None, "marketing"),
+    ("chen.service", "陈杰", "chen.jie@loom-sales.example.com", None, "service_agent"),
+    ("wang.finance", "王静", "wang.jing@loom-sales.example.com", None, "finance"),
 ]
 
 
 def seed_users(users) -> None:
-    for username, name, email, _ in DEMO_USERS:
-        users.create(username, DEMO_PASSWORD, name=name, email=email)
+    for username, name, email, _, role in DEMO_USERS:
+        users.create(username, DEMO_PASSWORD, name=name, email=email, roles=[role])
     users.create_team("east", manager="li.manager")
     users.create_team("overseas", manager="li.manager")
-    for username, _, _, team in DEMO_USERS:
+    for username, _, _, team, _ in DEMO_USERS:
         if team:
             users.add_member(team, username)
 

@@ -85,7 +85,7 @@ def test_entity_defined_in_two_files_names_both_places():
         compile_files(files)
     assert info.value.render() == golden("""
         entities/b.yaml:3:3 E123 entity 'account' is defined twice (first at entities/a.yaml:2:3)
-            hint: rename one of them, or merge their fields into one definition
+            hint: rename one of them, or merge them into one definition
         1 error in the config.
         """)
 
