@@ -58,6 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("username", nargs="?", help="the member (add, remove)")
     p.add_argument("--manager", help="username of the team's manager (create)")
     p.add_argument("--database", help="database URL")
+    p = command("reassign", "give every record one user owns to another (staff turnover), audited")
+    p.add_argument("--from", dest="from_user", required=True, metavar="USERNAME")
+    p.add_argument("--to", dest="to_user", required=True, metavar="USERNAME")
+    p.add_argument("--entity", action="append", default=[], help="only this entity (repeatable)")
+    p.add_argument("--database", help="database URL")
     p = command("access", "print what a role may do: operations per entity and field levels")
     p.add_argument("role", help="a role name from 'roles:' in the config")
     p = command("purge-audit", "delete audit rows older than audit.retain_days (or --days)")
@@ -172,6 +177,35 @@ def _serve(args) -> int:
           f"(API docs: http://{args.host}:{args.port}/schema/swagger)", flush=True)
     uvicorn.run("loomcrm.engine.app:create_app", factory=True, host=args.host, port=args.port,
                 workers=args.workers, log_level="warning", access_log=False)
+    return 0
+
+
+def _reassign(args) -> int:
+    from .errors import Problem, did_you_mean
+    from .runtime.context import Context
+
+    users = _users(args)
+    loom = users.loom
+    try:
+        unknown = [e for e in args.entity if e not in loom.manifest.entities]
+        if unknown:
+            hint = did_you_mean(unknown[0], loom.manifest.entities) or ""
+            print(f"loom: no entity '{unknown[0]}' {f'({hint})' if hint else ''}".rstrip(), file=sys.stderr)
+            return 1
+        source, target = users.find(args.from_user), users.find(args.to_user)
+        if not target["active"]:
+            print(f"loom: {args.to_user} is disabled; enable them first or choose another user", file=sys.stderr)
+            return 1
+        counts = loom.records.reassign(source["id"], target["id"], Context(channel="cli"),
+                                       [loom.entity(e) for e in args.entity] or None)
+    except Problem as exc:
+        _print_problem(exc)
+        return 1
+    finally:
+        loom.close()
+    total = sum(counts.values())
+    details = ", ".join(f"{n} {e}" for e, n in counts.items())
+    print(f"reassigned {total} records from {args.from_user} to {args.to_user}" + (f": {details}" if details else ""))
     return 0
 
 
@@ -335,7 +369,7 @@ def _openapi(args) -> int:
 
 
 COMMANDS = {"validate": _validate, "plan": _plan, "migrate": _migrate, "seed": _seed, "serve": _serve,
-            "user": _user, "team": _team, "access": _access, "purge-audit": _purge_audit, "schema": _schema, "openapi": _openapi}
+            "user": _user, "team": _team, "access": _access, "reassign": _reassign, "purge-audit": _purge_audit, "schema": _schema, "openapi": _openapi}
 
 if __name__ == "__main__":
     sys.exit(main())

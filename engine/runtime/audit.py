@@ -16,7 +16,7 @@ from loomcrm.generators.tables import audit_table
 from ..manifest import Entity
 from .persistence import dump_record
 
-__all__ = ["AUDIT", "changed_fields", "write_entry", "history_page", "purge_before"]
+__all__ = ["AUDIT", "changed_fields", "write_entry", "write_entries", "history_page", "purge_before"]
 
 #: The audit table (the app's MetaData holds an identical one, which migrations create).
 AUDIT = audit_table(sa.MetaData())
@@ -41,6 +41,12 @@ def write_entry(conn: sa.Connection, *, at: dt.datetime, actor: int | None, chan
                 entity: Entity, record: dict[str, Any], changes: dict[str, list]) -> None:
     conn.execute(_INSERT, {"at": at, "actor": actor, "channel": channel, "action": action, "entity": entity.name,
                            "record_id": record["id"], "version": record.get("version"), "changes": changes})
+
+
+def write_entries(conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
+    """Many entries at once (bulk operations); each dict has the keys of :func:`write_entry`'s row."""
+    if rows:
+        conn.execute(_INSERT, rows)
 
 
 def history_page(conn: sa.Connection, entity: Entity, record_id: int, *, limit: int,

@@ -21,7 +21,7 @@ from ..database import write_lock
 from ..errors import Problem, did_you_mean
 from ..fieldtypes import FieldValueError
 from ..manifest import Entity, Manifest
-from .audit import history_page
+from .audit import history_page, write_entries
 from .context import Context
 from .persistence import Store, dump_record
 from .query import ListQuery
@@ -179,6 +179,28 @@ class Records:
                     hook(ctx=ctx, entity=entity, record=old)
         except IntegrityError:
             raise self._restrict_problem(entity, record_id) from None
+
+    def reassign(self, from_user: int, to_user: int, ctx: Context,
+                 entities: list[Entity] | None = None) -> dict[str, int]:
+        """Give every record ``from_user`` owns to ``to_user`` (staff turnover), in one transaction.
+
+        Each record's version goes up and its history gets a ``reassign`` entry for ``owner``; record
+        hooks are not called one by one (it is a bulk operation). Returns the count per entity.
+        """
+        counts: dict[str, int] = {}
+        with self.writing(ctx) as conn:
+            for entity in entities or list(self.manifest.entities.values()):
+                table = self.store.tables[entity.name]
+                moved = conn.execute(sa.select(table.c.id, table.c.version).where(table.c.owner == from_user)).all()
+                if not moved:
+                    continue
+                conn.execute(table.update().where(table.c.owner == from_user).values(
+                    owner=to_user, updated_at=ctx.now, updated_by=ctx.actor, version=table.c.version + 1))
+                write_entries(conn, [{"at": ctx.now, "actor": ctx.actor, "channel": ctx.channel, "action": "reassign",
+                                      "entity": entity.name, "record_id": record_id, "version": version + 1,
+                                      "changes": {"owner": [from_user, to_user]}} for record_id, version in moved])
+                counts[entity.name] = len(moved)
+        return counts
 
     def _current(self, conn, entity: Entity, record_id: int, version: int | None) -> dict:
         """The stored record, locked for this write; 404 if absent, 409 if not at ``version``."""

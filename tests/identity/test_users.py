@@ -134,3 +134,37 @@ def test_user_and_team_commands(tmp_path, capsys, monkeypatch):
     assert main(["-p", project, "user", "list"]) == 0
     out, _ = capsys.readouterr()
     assert "zhang" in out and "张伟" in out and "(disabled)" in out and "li" not in out
+
+
+def test_reassign_moves_ownership_in_one_audited_operation(users):
+    from loomcrm.engine.runtime.context import Context
+
+    leaver, successor = users.create("leaver", PASSWORD), users.create("successor", PASSWORD)
+    account = users.loom.entity("account")
+    mine = [users.loom.records.create(account, {"name": f"A{i}"}, Context(actor=leaver["id"])) for i in range(3)]
+    other = users.loom.records.create(account, {"name": "theirs"}, Context(actor=successor["id"]))
+    counts = users.loom.records.reassign(leaver["id"], successor["id"], Context(channel="cli"), [account])
+    assert counts == {"account": 3}
+    for record in mine:
+        now = users.loom.records.get(account, record["id"], Context())
+        assert (now["owner"], now["version"]) == (successor["id"], 2)
+        entry = users.loom.records.history(account, record["id"], Context(), limit=1, before=None)["data"][0]
+        assert (entry["action"], entry["changes"]) == ("reassign", {"owner": [leaver["id"], successor["id"]]})
+    assert users.loom.records.get(account, other["id"], Context())["version"] == 1
+
+
+def test_reassign_command(tmp_path, capsys, monkeypatch):
+    (tmp_path / "loom.yaml").write_text("app: {name: T}\ndatabase: {url: sqlite:///t.db}\n")
+    project = str(tmp_path)
+    main(["-p", project, "migrate"])
+    for name in ("leaver", "successor"):
+        monkeypatch.setattr("sys.stdin", io.StringIO(PASSWORD + "\n"))
+        assert main(["-p", project, "user", "create", name, "--password-stdin"]) == 0
+    capsys.readouterr()
+    assert main(["-p", project, "reassign", "--from", "leaver", "--to", "successor"]) == 0
+    assert capsys.readouterr().out.strip() == "reassigned 0 records from leaver to successor"
+    assert main(["-p", project, "reassign", "--from", "leaver", "--to", "nobody"]) == 1
+    assert main(["-p", project, "reassign", "--from", "leaver", "--to", "successor", "--entity", "acount"]) == 1
+    main(["-p", project, "user", "disable", "successor"])
+    assert main(["-p", project, "reassign", "--from", "leaver", "--to", "successor"]) == 1
+    assert "disabled" in capsys.readouterr().err
