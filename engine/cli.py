@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 a problem with the config, database or data, 2 wrong us
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -84,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigErrors as exc:
         print(exc.render(), file=sys.stderr)
         return 1
+    except _UsageError as exc:
+        print(f"loom: {exc}", file=sys.stderr)
+        return 1
     except Exception as exc:  # a user-facing failure: say what happened, not a traceback
         from .commands import MigrationRefused
 
@@ -94,8 +98,13 @@ def main(argv: list[str] | None = None) -> int:
         import sqlalchemy.exc
 
         from .database import DatabaseURLError
+        from .errors import Problem
+        from .identity import PasswordRejected
 
-        if isinstance(exc, DatabaseURLError):
+        if isinstance(exc, Problem):
+            _print_problem(exc)
+            return 1
+        if isinstance(exc, DatabaseURLError | PasswordRejected):
             print(f"loom: {exc}", file=sys.stderr)
             return 1
         if isinstance(exc, sqlalchemy.exc.OperationalError):
@@ -181,12 +190,11 @@ def _serve(args) -> int:
 
 
 def _reassign(args) -> int:
-    from .errors import Problem, did_you_mean
+    from .errors import did_you_mean
     from .runtime.context import Context
 
-    users = _users(args)
-    loom = users.loom
-    try:
+    with _users(args) as users:
+        loom = users.loom
         unknown = [e for e in args.entity if e not in loom.manifest.entities]
         if unknown:
             hint = did_you_mean(unknown[0], loom.manifest.entities) or ""
@@ -198,11 +206,6 @@ def _reassign(args) -> int:
             return 1
         counts = loom.records.reassign(source["id"], target["id"], Context(channel="cli"),
                                        [loom.entity(e) for e in args.entity] or None)
-    except Problem as exc:
-        _print_problem(exc)
-        return 1
-    finally:
-        loom.close()
     total = sum(counts.values())
     details = ", ".join(f"{n} {e}" for e, n in counts.items())
     print(f"reassigned {total} records from {args.from_user} to {args.to_user}" + (f": {details}" if details else ""))
@@ -269,22 +272,25 @@ class _UsageError(Exception):
     pass
 
 
+@contextlib.contextmanager
 def _users(args):
+    """The app's users and teams, its database closed afterwards."""
     from .app import Loom
     from .identity import Users
 
-    return Users(Loom.from_project(args.project, database_url=args.database))
+    loom = Loom.from_project(args.project, database_url=args.database)
+    try:
+        yield Users(loom)
+    finally:
+        loom.close()
 
 
 def _user(args) -> int:
-    from .errors import Problem
-    from .identity import PasswordRejected
 
     if args.action != "list" and not args.username:
         print(f"loom: 'user {args.action}' needs a username", file=sys.stderr)
         return 2
-    users = _users(args)
-    try:
+    with _users(args) as users:
         if args.action == "create":
             password = _read_password(args, args.username)
             fields = {k: v for k, v in (("name", args.name), ("email", args.email), ("roles", args.role)) if v}
@@ -300,27 +306,17 @@ def _user(args) -> int:
             for user in users.list():
                 state = "" if user["active"] else "  (disabled)"
                 print(f"{user['username']:<24} {user.get('name') or '':<30} {user.get('email') or ''}{state}")
-    except (PasswordRejected, _UsageError) as exc:
-        print(f"loom: {exc}", file=sys.stderr)
-        return 1
-    except Problem as exc:
-        _print_problem(exc)
-        return 1
-    finally:
-        users.loom.close()
     return 0
 
 
 def _team(args) -> int:
-    from .errors import Problem
 
     needs = {"create": ["team"], "add": ["team", "username"], "remove": ["team", "username"], "list": []}
     missing = [n for n in needs[args.action] if not getattr(args, n)]
     if missing:
         print(f"loom: 'team {args.action}' needs {' and '.join(missing)}", file=sys.stderr)
         return 2
-    users = _users(args)
-    try:
+    with _users(args) as users:
         if args.action == "create":
             team = users.create_team(args.team, manager=args.manager)
             print(f"created team {team['name']} (id {team['id']})")
@@ -333,11 +329,6 @@ def _team(args) -> int:
         else:
             for team in users.teams():
                 print(team["name"])
-    except Problem as exc:
-        _print_problem(exc)
-        return 1
-    finally:
-        users.loom.close()
     return 0
 
 
