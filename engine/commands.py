@@ -25,7 +25,7 @@ from .database import create_db_engine
 from .errors import ConfigError, ConfigErrors, Location
 from .manifest import Manifest
 from .runtime.audit import purge_before
-from .runtime.context import Context
+from .runtime.context import Context, utcnow
 
 __all__ = ["validate", "plan", "migrate", "seed", "openapi", "purge_audit", "MigrationRefused", "applied_manifest",
            "LOOM_VERSION"]
@@ -127,11 +127,9 @@ def migrate_manifest(manifest: Manifest, *, database_url: str | None = None, app
 
 
 def _record(conn: sa.Connection, manifest: Manifest, the_plan: Plan, applied_by: str | None) -> None:
-    from .runtime.context import _utcnow
-
     table = migrations_table(sa.MetaData())
     conn.execute(table.insert().values(
-        applied_at=_utcnow(), applied_by=applied_by or os.environ.get("USER"), manifest_hash=manifest.hash(),
+        applied_at=utcnow(), applied_by=applied_by or os.environ.get("USER"), manifest_hash=manifest.hash(),
         manifest=json.dumps(manifest.to_json(), ensure_ascii=False, sort_keys=True),
         summary=the_plan.summary(), loom_version=LOOM_VERSION,
     ))

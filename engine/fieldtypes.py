@@ -70,10 +70,6 @@ class FieldType:
     def column_type(self, field: Field) -> sa.types.TypeEngine:
         raise NotImplementedError(f"field type {self.name!r} must define column_type()")
 
-    def json_schema(self, field: Field) -> dict[str, Any]:
-        """JSON Schema of the value as the API reads and writes it."""
-        return {}
-
     def python_type(self, field: Field) -> Any:
         """Python annotation for generated I/O models (drives the OpenAPI document)."""
         return Any

@@ -207,9 +207,6 @@ class Manifest:
     auth: dict[str, Any] = field(default_factory=lambda: {"required": True, "session_hours": 12, "max_failures": 5,
                                                           "lockout_minutes": 15})
 
-    def entity_by_plural(self, plural: str) -> Entity | None:
-        return next((e for e in self.entities.values() if e.plural == plural), None)
-
     def to_json(self) -> dict[str, Any]:
         """The schema-relevant content: stored with each migration and diffed by the planner."""
         return {

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from loomcrm.engine.errors import Problem
 from loomcrm.engine.manifest import Entity, text_for
 from loomcrm.engine.runtime.auth import SESSION_COOKIE
-from loomcrm.engine.runtime.context import Context, _utcnow
+from loomcrm.engine.runtime.context import Context, utcnow
 from loomcrm.engine.runtime.pipeline import Records
 from loomcrm.engine.runtime.query import DEFAULT_LIMIT, MAX_LIMIT, parse_list_params, parse_page_params
 
@@ -229,6 +229,13 @@ def auth_router(auth, api_context: Callable[[Request], Context], *, sync_to_thre
     """``/api/auth``: sign in and out (session cookie), who am I, personal API tokens."""
     opts = {"sync_to_thread": sync_to_thread, "tags": ["Sign-in"]}
 
+    def signed_in(request: Request) -> Context:
+        """The caller's context; 401 for anonymous callers, even where sign-in is optional."""
+        ctx = api_context(request)
+        if ctx.actor is None:
+            raise Problem(401, "Unauthorized", detail="not signed in")
+        return ctx
+
     def login(request: Request, data: Any) -> Any:
         if not isinstance(data, dict) or not isinstance(data.get("username"), str) \
                 or not isinstance(data.get("password"), str):
@@ -239,7 +246,7 @@ def auth_router(auth, api_context: Callable[[Request], Context], *, sync_to_thre
         response = Response({"user": user, "expires_at": session.expires_at.isoformat().replace("+00:00", "Z")})
         response.set_cookie(SESSION_COOKIE, session.secret, httponly=True, samesite="lax", path="/",
                             secure=request.url.scheme == "https",
-                            max_age=int((session.expires_at - _utcnow()).total_seconds()))
+                            max_age=int((session.expires_at - utcnow()).total_seconds()))
         return response
 
     def logout(request: Request, everywhere: Any = None) -> Any:
@@ -251,15 +258,11 @@ def auth_router(auth, api_context: Callable[[Request], Context], *, sync_to_thre
         return response
 
     def me(request: Request) -> Any:
-        ctx = api_context(request)
-        if ctx.actor is None:
-            raise Problem(401, "Unauthorized", detail="not signed in")
+        ctx = signed_in(request)
         return auth.loom.records.get(auth.loom.entity("user"), ctx.actor, ctx)
 
     def create_token(request: Request, data: Any) -> Any:
-        ctx = api_context(request)
-        if ctx.actor is None:
-            raise Problem(401, "Unauthorized", detail="not signed in")
+        ctx = signed_in(request)
         body = data if isinstance(data, dict) else {}
         name, days = body.get("name"), body.get("days")
         if not isinstance(name, str) or (days is not None and (not isinstance(days, int) or isinstance(days, bool))):
@@ -271,15 +274,11 @@ def auth_router(auth, api_context: Callable[[Request], Context], *, sync_to_thre
                          token.expires_at.isoformat().replace("+00:00", "Z")}, status_code=201)
 
     def list_tokens(request: Request) -> Any:
-        ctx = api_context(request)
-        if ctx.actor is None:
-            raise Problem(401, "Unauthorized", detail="not signed in")
+        ctx = signed_in(request)
         return {"data": auth.list_tokens(ctx.actor)}
 
     def revoke_token(request: Request, token_id: int) -> None:
-        ctx = api_context(request)
-        if ctx.actor is None:
-            raise Problem(401, "Unauthorized", detail="not signed in")
+        ctx = signed_in(request)
         auth.revoke_token(ctx.actor, token_id)
 
     handlers = [

@@ -18,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from ..errors import Problem
-from .context import Context
+from .context import Context, utcnow
 
 __all__ = ["Auth", "SESSION_COOKIE", "TOKEN_PREFIX"]
 
@@ -31,10 +31,6 @@ CACHE_SECONDS = 5.0
 
 def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 @dataclass(frozen=True)
@@ -90,7 +86,7 @@ class Auth:
         return actor
 
     def _lookup(self, kind: str, digest: str) -> int | None:
-        users, now = self.user_table, _now()
+        users, now = self.user_table, utcnow()
         if kind == "token":
             t = self.tokens
             stmt = sa.select(t.c.user_id).where(t.c.secret_hash == digest, t.c.revoked_at.is_(None),
@@ -122,11 +118,11 @@ class Auth:
                           headers={"WWW-Authenticate": 'Bearer realm="loom"'})
         self._clear_failures(keys[:1])
         secret = secrets.token_urlsafe(32)
-        expires = _now() + dt.timedelta(hours=self.settings["session_hours"])
+        expires = utcnow() + dt.timedelta(hours=self.settings["session_hours"])
         with self.loom.records.writing(Context(actor=user["id"])) as conn:
-            conn.execute(self.sessions.insert().values(id=_digest(secret), user_id=user["id"], created_at=_now(),
+            conn.execute(self.sessions.insert().values(id=_digest(secret), user_id=user["id"], created_at=utcnow(),
                                                        expires_at=expires))
-        user = self.loom.records.update(self.loom.entity("user"), user["id"], {"last_login_at": _now()},
+        user = self.loom.records.update(self.loom.entity("user"), user["id"], {"last_login_at": utcnow()},
                                         Context(actor=user["id"], channel="api"), trusted=True)
         return user, NewSecret(_digest(secret), secret, expires)
 
@@ -143,7 +139,7 @@ class Auth:
         f = self.failures
         with self.loom.engine.connect() as conn:
             rows = conn.execute(sa.select(f.c.count, f.c.window_start).where(f.c.key.in_(keys))).all()
-        now = _now()
+        now = utcnow()
         for count, start in rows:
             if count >= self.settings["max_failures"] and start + window > now:
                 retry = int((start + window - now).total_seconds()) + 1
@@ -151,7 +147,7 @@ class Auth:
                               headers={"Retry-After": str(retry)})
 
     def _count_failure(self, keys: list[str]) -> None:
-        f, now = self.failures, _now()
+        f, now = self.failures, utcnow()
         window = dt.timedelta(minutes=self.settings["lockout_minutes"])
         with self.loom.records.writing(Context()) as conn:
             for key in keys:
@@ -176,10 +172,10 @@ class Auth:
             raise Problem(422, "Validation failed", errors=[
                 {"field": "days", "code": "range", "message": "days must be from 1 to 3650"}])
         secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        expires = _now() + dt.timedelta(days=days) if days else None
+        expires = utcnow() + dt.timedelta(days=days) if days else None
         with self.loom.records.writing(Context(actor=user_id)) as conn:
             token_id = conn.execute(self.tokens.insert().values(
-                user_id=user_id, name=name, secret_hash=_digest(secret), created_at=_now(), expires_at=expires,
+                user_id=user_id, name=name, secret_hash=_digest(secret), created_at=utcnow(), expires_at=expires,
             ).returning(self.tokens.c.id)).scalar_one()
         return NewSecret(token_id, secret, expires)
 
@@ -196,7 +192,7 @@ class Auth:
         t = self.tokens
         condition = t.c.id == token_id if user_id is None else sa.and_(t.c.id == token_id, t.c.user_id == user_id)
         with self.loom.records.writing(Context(actor=user_id)) as conn:
-            done = conn.execute(t.update().where(condition, t.c.revoked_at.is_(None)).values(revoked_at=_now()))
+            done = conn.execute(t.update().where(condition, t.c.revoked_at.is_(None)).values(revoked_at=utcnow()))
         if done.rowcount == 0:
             raise Problem(404, "Not found", detail=f"no active token {token_id}")
         self.forget()

@@ -7,12 +7,13 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
-__all__ = ["Context", "CHANNELS"]
+__all__ = ["Context", "CHANNELS", "utcnow"]
 
 CHANNELS = ("api", "admin", "import", "python", "seed", "cli")
 
 
-def _utcnow() -> dt.datetime:
+def utcnow() -> dt.datetime:
+    """Now, timezone-aware in UTC: the one clock of writes, sessions and audit rows."""
     return dt.datetime.now(dt.UTC)
 
 
@@ -31,4 +32,4 @@ class Context:
     channel: str = "python"
     locale: str | None = None
     conn: sa.Connection | None = None
-    now: dt.datetime = field(default_factory=_utcnow)
+    now: dt.datetime = field(default_factory=utcnow)

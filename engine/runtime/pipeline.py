@@ -95,7 +95,7 @@ class Records:
         relation = entity.relations[relation_name]
         child = self.manifest.entities[relation.entity]
         with self.reading() as conn:
-            if self.store.fetch(conn, entity, record_id) is None:
+            if not self.store.exists(conn, entity, [record_id]):
                 raise not_found(entity, record_id)
         child_table = self.store.tables[child.name]
         if relation.kind == "one_to_many":
@@ -112,7 +112,7 @@ class Records:
         """The audit trail of one record, newest first; also for records deleted since."""
         with self.reading() as conn:
             entries, next_before = history_page(conn, entity, record_id, limit=limit, before=before)
-            if not entries and before is None and self.store.fetch(conn, entity, record_id) is None:
+            if not entries and before is None and not self.store.exists(conn, entity, [record_id]):
                 raise not_found(entity, record_id)
         return {"data": entries, "next_cursor": None if next_before is None else str(next_before)}
 
