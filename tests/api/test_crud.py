@@ -129,3 +129,32 @@ def test_datetimes_without_offset_are_read_in_the_app_time_zone(db_url):
         assert record["at"] == "2026-03-02T10:00:00Z"
     finally:
         loom.close()
+
+
+def test_dynamic_defaults_take_the_writers_time_day_and_user(db_url):
+    import datetime as dt
+
+    from loomcrm.engine.identity import Users
+    from loomcrm.engine.runtime.context import Context
+    from loomcrm.engine.testing import make_loom, project_files
+
+    files = project_files("""
+entities:
+  task:
+    fields:
+      title: {type: string, required: true}
+      opened_at: {type: datetime, default: now}
+      due: {type: date, default: today}
+      assignee: {type: ref, to: user, default: current_user}
+""", app="app: {name: Shanghai CRM, timezone: Asia/Shanghai}")
+    loom = make_loom(files, db_url)
+    try:
+        user = Users(loom).create("zhang", "correct horse battery")
+        moment = dt.datetime(2026, 3, 1, 20, 0, tzinfo=dt.UTC)  # already 2 March in Shanghai
+        task = loom.records.create(loom.entity("task"), {"title": "Call back"}, Context(actor=user["id"], now=moment))
+        assert (task["opened_at"], task["due"], task["assignee"]) == ("2026-03-01T20:00:00Z", "2026-03-02", user["id"])
+        given = loom.records.create(loom.entity("task"), {"title": "Set", "due": "2026-04-01", "assignee": None},
+                                    Context(actor=user["id"], now=moment))
+        assert (given["due"], given["assignee"]) == ("2026-04-01", None)  # given values win, null included
+    finally:
+        loom.close()
