@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from functools import cached_property
 
 import pluggy
 import sqlalchemy as sa
@@ -28,6 +29,7 @@ from .compiler import compile_project
 from .database import create_db_engine
 from .errors import Problem
 from .manifest import Manifest
+from .runtime.access import Access, Policies, access_for
 from .runtime.auth import SESSION_COOKIE, Auth
 from .runtime.context import Context
 from .runtime.persistence import Store
@@ -65,6 +67,15 @@ class Loom:
 
     def entity(self, name: str):
         return self.manifest.entities[name]
+
+    @cached_property
+    def policies(self) -> Policies:
+        return Policies(self.manifest)
+
+    def access(self, actor: int | None) -> Access | None:
+        """What user ``actor`` may see and change; None (unrestricted) in a project without roles."""
+        with self.engine.connect() as conn:
+            return access_for(self.policies, self.records.store, conn, actor)
 
     def asgi(self, *, sync_to_thread: bool = True, debug: bool = False) -> Litestar:
         """The litestar application: ``/api/<plural>`` per entity, OpenAPI under ``/schema``."""

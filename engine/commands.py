@@ -136,7 +136,7 @@ def _record(conn: sa.Connection, manifest: Manifest, the_plan: Plan, applied_by:
 
 
 class SeedApi:
-    """What a project's ``seed.py`` receives: ``api.create(entity, data) -> record``, and
+    """What a project's ``seed.py`` receives: ``api.create(entity, data, owner=None) -> record``, and
     ``api.users`` (:class:`~loomcrm.engine.identity.Users`) for demo users, teams and passwords."""
 
     def __init__(self, loom: Loom):
@@ -145,9 +145,16 @@ class SeedApi:
         self.loom = loom
         self.created = 0
         self.users = Users(loom, channel="seed")
+        self._user_ids: dict[str, int] = {}
 
-    def create(self, entity: str, data: dict[str, Any]) -> dict[str, Any]:
-        record = self.loom.records.create(self.loom.entity(entity), data, Context(channel="seed"))
+    def create(self, entity: str, data: dict[str, Any], owner: str | None = None) -> dict[str, Any]:
+        """Create a record; ``owner`` (a username) creates it as that user, who then owns it."""
+        actor = None
+        if owner is not None:
+            if owner not in self._user_ids:
+                self._user_ids[owner] = self.users.find(owner)["id"]
+            actor = self._user_ids[owner]
+        record = self.loom.records.create(self.loom.entity(entity), data, Context(actor=actor, channel="seed"))
         self.created += 1
         return record
 

@@ -21,6 +21,7 @@ E127  invalid default value
 E128  invalid enum options
 E129  contradictory options
 E130  plugin could not be loaded
+E131  row rule (`where:`) Loom cannot check or run in SQL
 ====  ===========================================================================
 """
 
@@ -92,6 +93,10 @@ class Problem(Exception):
 
     def __post_init__(self) -> None:
         super().__init__(self.detail or self.title)
+
+    def __str__(self) -> str:
+        items = "; ".join(f"{e.get('field') or '(body)'}: {e.get('message')}" for e in self.errors or ())
+        return f"{self.status} {self.detail or self.title}" + (f" ({items})" if items else "")
 
     def to_json(self) -> dict:
         body: dict = {"type": "about:blank", "title": self.title, "status": self.status}

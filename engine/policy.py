@@ -8,6 +8,7 @@ the policies in the query layer is the runtime's job; this module only says what
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from loomcrm.schemas.security import RoleSpec
 
@@ -15,11 +16,14 @@ from .errors import ConfigError, did_you_mean
 from .manifest import Entity, text_for
 from .names import check_identifier
 
-__all__ = ["Grant", "RolePolicy", "compile_roles", "combine", "SCOPES", "LEVELS", "OPERATIONS"]
+__all__ = ["Grant", "Reach", "RolePolicy", "compile_roles", "combine", "SCOPES", "LEVELS", "OPERATIONS",
+           "ROW_OPERATIONS"]
 
 SCOPES = ("none", "own", "team", "all")
 LEVELS = ("hidden", "read", "write")
 OPERATIONS = ("read", "create", "update", "delete", "export")
+#: The operations that reach existing rows (and so have a scope and row rules); ``create`` has neither.
+ROW_OPERATIONS = ("read", "update", "delete", "export")
 
 
 @dataclass(frozen=True)
@@ -46,13 +50,42 @@ NO_GRANT = Grant()
 
 
 @dataclass(frozen=True)
+class Reach:
+    """One way an operation reaches rows: a scope, optionally narrowed by a row rule (CEL, run as SQL).
+
+    An operation reaches the rows that any of its reaches matches.
+    """
+
+    scope: str  # own | team | all
+    rule: Any = None  # a rowrules.RowRule, or None
+
+    @property
+    def key(self) -> tuple:
+        return self.scope, None if self.rule is None else self.rule.text
+
+
+def simplify(reaches) -> tuple[Reach, ...]:
+    """Drop reaches another one already covers: a plain scope covers narrower and ruled ones."""
+    unique = list({r.key: r for r in reaches}.values())
+    plain = [SCOPES.index(r.scope) for r in unique if r.rule is None]
+    widest = max(plain, default=0)
+    return tuple(r for r in unique if r.rule is None and SCOPES.index(r.scope) == widest
+                 or r.rule is not None and SCOPES.index(r.scope) > widest)
+
+
+@dataclass(frozen=True)
 class RolePolicy:
-    """A role, resolved: its inherited grants included, every field of every entity given a level."""
+    """A role, resolved: its inherited grants included, every field of every entity given a level.
+
+    ``grants`` summarises (the widest scope per operation, for display and quick refusals);
+    ``reaches`` is exact: per ``(entity, operation)``, the scopes and row rules that reach rows.
+    """
 
     name: str
     label: str
     grants: dict[str, Grant] = field(default_factory=dict)
     levels: dict[str, dict[str, str]] = field(default_factory=dict)  # entity -> field -> level
+    reaches: dict[tuple[str, str], tuple[Reach, ...]] = field(default_factory=dict)
 
     def grant(self, entity: str) -> Grant:
         return self.grants.get(entity, NO_GRANT)
@@ -60,11 +93,16 @@ class RolePolicy:
     def level(self, entity: str, field_name: str) -> str:
         return self.levels.get(entity, {}).get(field_name, "hidden")
 
+    def reach(self, entity: str, operation: str) -> tuple[Reach, ...]:
+        return self.reaches.get((entity, operation), ())
+
 
 def combine(policies: list[RolePolicy], name: str = "combined") -> RolePolicy:
-    """The union of several roles' policies (the rule for users who hold more than one role)."""
+    """The union of several roles' policies (the rule for users who hold more than one role):
+    an operation reaches every row one of the roles reaches; a field gets its most open level."""
     grants: dict[str, Grant] = {}
     levels: dict[str, dict[str, str]] = {}
+    reaches: dict[tuple[str, str], list[Reach]] = {}
     for policy in policies:
         for entity, grant in policy.grants.items():
             grants[entity] = grants.get(entity, NO_GRANT).union(grant)
@@ -72,7 +110,9 @@ def combine(policies: list[RolePolicy], name: str = "combined") -> RolePolicy:
             mine = levels.setdefault(entity, {})
             for fname, level in fields.items():
                 mine[fname] = max(mine.get(fname, "hidden"), level, key=LEVELS.index)
-    return RolePolicy(name, name, grants, levels)
+        for key, terms in policy.reaches.items():
+            reaches.setdefault(key, []).extend(terms)
+    return RolePolicy(name, name, grants, levels, {k: simplify(v) for k, v in reaches.items()})
 
 
 def compile_roles(loaded, entities: dict[str, Entity], locale: str, errors: list[ConfigError]) -> dict[str, RolePolicy]:
@@ -99,13 +139,31 @@ def compile_roles(loaded, entities: dict[str, Entity], locale: str, errors: list
                 errors.append(ConfigError(loaded.where_role(name, "fields", path, key=True), "E125",
                                           f"role '{name}' sets the level of '{path}', which is not a field "
                                           "(write entity.field)", did_you_mean(path, known)))
+    rules = _compile_rules(loaded, specs, entities, errors)
     resolved: dict[str, RolePolicy] = {}
     for name in specs:
-        resolved[name] = _resolve(loaded, name, specs, entities, locale, resolved, [], errors)
+        resolved[name] = _resolve(loaded, name, specs, entities, locale, rules, resolved, [], errors)
     return resolved
 
 
-def _resolve(loaded, name, specs, entities, locale, done, chain, errors) -> RolePolicy:
+def _compile_rules(loaded, specs: dict[str, RoleSpec], entities: dict[str, Entity], errors) -> dict:
+    """Each grant's ``where:`` row rule, checked against the entity and the user, ready for SQL."""
+    rules = {}
+    for name, spec in specs.items():
+        for entity_name, grant in spec.entities.items():
+            if grant.where is None or entity_name not in entities:
+                continue
+            from .rowrules import RowRuleError, compile_row_rule
+
+            try:
+                rules[(name, entity_name)] = compile_row_rule(grant.where, entities[entity_name], entities["user"])
+            except RowRuleError as exc:
+                errors.append(ConfigError(loaded.where_role(name, "entities", entity_name, "where"), "E131",
+                                          f"row rule of role '{name}' on '{entity_name}': {exc.message}", exc.hint))
+    return rules
+
+
+def _resolve(loaded, name, specs, entities, locale, rules, done, chain, errors) -> RolePolicy:
     if name in done:
         return done[name]
     spec = specs[name]
@@ -114,13 +172,21 @@ def _resolve(loaded, name, specs, entities, locale, done, chain, errors) -> Role
                                   f"roles inherit in a circle: {' -> '.join([*chain, name])}",
                                   "remove one of the 'inherits:' entries"))
         return RolePolicy(name, name)
-    parents = [_resolve(loaded, p, specs, entities, locale, done, [*chain, name], errors)
+    parents = [_resolve(loaded, p, specs, entities, locale, rules, done, [*chain, name], errors)
                for p in spec.inherits if p in specs]
     grants = {e: Grant(g.read, g.create, g.update, g.delete, g.export)
               for e, g in spec.entities.items() if e in entities}
+    reaches: dict[tuple[str, str], list[Reach]] = {}
+    for entity_name, grant in grants.items():
+        rule = rules.get((name, entity_name))
+        for op in ROW_OPERATIONS:
+            if grant.scope(op) != "none":
+                reaches.setdefault((entity_name, op), []).append(Reach(grant.scope(op), rule))
     for parent in parents:
         for entity, grant in parent.grants.items():
             grants[entity] = grants.get(entity, NO_GRANT).union(grant)
+        for key, terms in parent.reaches.items():
+            reaches.setdefault(key, []).extend(terms)
     levels: dict[str, dict[str, str]] = {}
     for entity_name, grant in grants.items():
         entity = entities[entity_name]
@@ -141,7 +207,7 @@ def _resolve(loaded, name, specs, entities, locale, done, chain, errors) -> Role
                 if path_of(entity_name, fname) not in spec.fields:
                     mine[fname] = max(mine.get(fname, "hidden"), level, key=LEVELS.index)
     label = spec.label if isinstance(spec.label, str) else text_for(spec.label or {}, locale) or name
-    policy = RolePolicy(name, label or name, grants, levels)
+    policy = RolePolicy(name, label or name, grants, levels, {k: simplify(v) for k, v in reaches.items()})
     done[name] = policy
     return policy
 

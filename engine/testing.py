@@ -57,8 +57,11 @@ def make_loom(files: dict[str, str], database_url: str, *, plugins: list | None 
     return Loom.from_manifest(manifest, pm, database_url=database_url)
 
 
-def api_token(loom, username: str = "tester") -> str:
-    """Create a user (if needed) and a personal API token for it; returns the token."""
+def api_token(loom, username: str = "tester", roles: list[str] | None = None) -> str:
+    """Create a user (if needed) and a personal API token for it; returns the token.
+
+    The user holds ``roles``; by default every role of the project, so it may do what any role may.
+    """
     from .identity import Users
     from .runtime.auth import Auth
 
@@ -66,5 +69,6 @@ def api_token(loom, username: str = "tester") -> str:
     try:
         user = users.find(username)
     except Exception:
-        user = users.create(username, "a long password used only in tests")
+        roles = list(loom.manifest.roles) if roles is None else roles
+        user = users.create(username, "a long password used only in tests", **({"roles": roles} if roles else {}))
     return Auth(loom).create_token(user["id"], "tests").secret

@@ -29,6 +29,10 @@ class EntityGrantSpec(SpecModel):
     update: Scope = "none"
     delete: Scope = "none"
     export: Scope = "none"
+    where: str | None = Field(
+        None, description="A CEL row rule narrowing read, update, delete and export to the records it "
+        "matches, run in SQL: `record.region == user.region`. Supported: record.<field>, user.<field> "
+        "(and user.id, user.teams, user.roles), literals, lists, == != < <= > >= in && || !.")
 
 
 class RoleSpec(SpecModel):

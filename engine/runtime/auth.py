@@ -18,6 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from ..errors import Problem
+from .access import Access, access_for
 from .context import Context, utcnow
 
 __all__ = ["Auth", "SESSION_COOKIE", "TOKEN_PREFIX"]
@@ -54,7 +55,8 @@ class Auth:
         self.sessions, self.tokens = tables["loom_session"], tables["loom_token"]
         self.failures, self.user_table = tables["loom_login_failure"], tables[loom.entity("user").table]
         self.settings = loom.manifest.auth
-        self._cache: dict[str, tuple[float, int | None]] = {}
+        self._cache: dict[str, tuple[float, int | None, Any]] = {}
+        self._anonymous = access_for(loom.policies, loom.records.store, None, None)
         self._lock = threading.Lock()
 
     # --- requests --------------------------------------------------------------------------------
@@ -66,26 +68,29 @@ class Auth:
             secret, kind = authorization[7:].strip(), "token"
         elif cookies.get(SESSION_COOKIE):
             secret, kind = cookies[SESSION_COOKIE], "session"
-        actor = self._actor(kind, secret) if secret else None
+        actor, access = self._caller(kind, secret) if secret else (None, self._anonymous)
         if actor is None and (secret or self.settings["required"]):
             raise Problem(401, "Unauthorized", detail="sign in, or send 'Authorization: Bearer <token>' with a "
                           "valid API token" if not secret else "the session or token is invalid, expired or "
                           "revoked; sign in again", headers={"WWW-Authenticate": 'Bearer realm="loom"'})
-        return Context(actor=actor, channel=channel)
+        return Context(actor=actor, channel=channel, access=access)
 
-    def _actor(self, kind: str, secret: str) -> int | None:
+    def _caller(self, kind: str, secret: str) -> tuple[int | None, Access | None]:
+        """The user behind a secret and what they may do, cached for :data:`CACHE_SECONDS`."""
         key = f"{kind}:{_digest(secret)}"
         hit = self._cache.get(key)
         if hit and hit[0] > time.monotonic():
-            return hit[1]
-        actor = self._lookup(kind, key.split(":", 1)[1])
+            return hit[1], hit[2]
+        with self.loom.engine.connect() as conn:
+            actor = self._lookup(conn, kind, key.split(":", 1)[1])
+            access = access_for(self.loom.policies, self.loom.records.store, conn, actor) if actor else None
         with self._lock:
             if len(self._cache) > 10_000:
                 self._cache.clear()
-            self._cache[key] = (time.monotonic() + CACHE_SECONDS, actor)
-        return actor
+            self._cache[key] = (time.monotonic() + CACHE_SECONDS, actor, access)
+        return actor, access
 
-    def _lookup(self, kind: str, digest: str) -> int | None:
+    def _lookup(self, conn: sa.Connection, kind: str, digest: str) -> int | None:
         users, now = self.user_table, utcnow()
         if kind == "token":
             t = self.tokens
@@ -97,8 +102,7 @@ class Auth:
             stmt = sa.select(s.c.user_id).where(s.c.id == digest, s.c.expires_at > now)
             owner = s.c.user_id
         stmt = stmt.join(users, users.c.id == owner).where(users.c.active.is_(True))
-        with self.loom.engine.connect() as conn:
-            return conn.execute(stmt).scalar()
+        return conn.execute(stmt).scalar()
 
     def forget(self) -> None:
         """Drop cached look-ups (after a revocation or sign-out in this process)."""

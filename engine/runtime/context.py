@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -26,6 +27,8 @@ class Context:
     :ivar locale: the reader's locale for messages, or None for the app's default.
     :ivar conn: the open connection of the current write transaction (set by the pipeline).
     :ivar now: the timestamp the write records as ``created_at``/``updated_at``.
+    :ivar access: what the actor may see and change (:class:`~loomcrm.engine.runtime.access.Access`);
+        None for unrestricted callers: Loom's own code, and everyone in a project without ``roles:``.
     """
 
     actor: int | None = None
@@ -33,3 +36,4 @@ class Context:
     locale: str | None = None
     conn: sa.Connection | None = None
     now: dt.datetime = field(default_factory=utcnow)
+    access: Any = None

@@ -8,12 +8,16 @@ JSON form the API returns.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from ..manifest import Entity, Field, Manifest
 from .query import ListQuery, encode_cursor, list_parameters, list_statements, query_shape
+
+if TYPE_CHECKING:
+    from .access import RowFilter
 
 LIST_CACHE_SIZE = 512
 
@@ -36,62 +40,103 @@ class Store:
         self._insert = {name: self.tables[name].insert().returning(*self._columns(e))
                         for name, e in manifest.entities.items()}
 
-    def _columns(self, entity: Entity, names: list[str] | None = None) -> list[sa.Column]:
+    def _columns(self, entity: Entity, names: Iterable[str] | None = None) -> list[sa.Column]:
         table = self.tables[entity.name]
         fields = entity.column_fields if names is None else [entity.fields[n] for n in names]
         return [table.c[f.column] for f in fields if f.column is not None]
 
     # --- reading ---------------------------------------------------------------------------------
-    def fetch(self, conn: sa.Connection, entity: Entity, record_id: int, *, for_update: bool = False) -> dict | None:
-        stmt = self._get_by_id[entity.name]
+    def fetch(self, conn: sa.Connection, entity: Entity, record_id: int, *, for_update: bool = False,
+              names: tuple[str, ...] | None = None, rows: RowFilter | None = None) -> dict | None:
+        """One record by id: all fields, or only ``names``; None if absent or outside ``rows``."""
+        if names is None and rows is None:
+            stmt, columns = self._get_by_id[entity.name], self._names[entity.name]
+        else:
+            stmt, columns = self._select_one(entity, names, rows)
         if for_update and conn.dialect.name == "postgresql":
             stmt = stmt.with_for_update()
-        row = conn.execute(stmt, {"id": record_id}).first()
+        row = conn.execute(stmt, {"id": record_id, **(rows.params if rows else {})}).first()
         if row is None:
             return None
-        record = dict(zip(self._names[entity.name], row, strict=True))
-        self.attach_links(conn, entity, [record])
+        record = dict(zip(columns, row, strict=True))
+        self.attach_links(conn, entity, [record], names)
         return record
 
-    def list(self, conn: sa.Connection, entity: Entity, query: ListQuery,
-             extra_where: list[sa.ColumnElement] = ()) -> tuple[list[dict], str | None, int | None]:
-        """One page of records, the cursor of the next page (or None), and the total if asked for."""
+    def _select_one(self, entity: Entity, names: tuple[str, ...] | None, rows: RowFilter | None) -> tuple:
+        key = ("one", entity.name, names, rows and rows.key)
+        cached = self._list_cache.get(key)
+        if cached is None:
+            table = self.tables[entity.name]
+            columns = self._column_names(entity, names)
+            stmt = sa.select(*self._columns(entity, columns)).where(table.c.id == sa.bindparam("id"))
+            if rows is not None:
+                stmt = stmt.where(rows.condition(table))
+            cached = self._remember(key, (stmt, columns))
+        return cached
+
+    def in_rows(self, conn: sa.Connection, entity: Entity, record_id: int, rows: RowFilter | None) -> bool:
+        """Whether the record is among ``rows`` (None: all rows)."""
+        if rows is None:
+            return True
+        return self.fetch(conn, entity, record_id, names=("id",), rows=rows) is not None
+
+    def list(self, conn: sa.Connection, entity: Entity, query: ListQuery, extra_where: list[sa.ColumnElement] = (),
+             *, names: tuple[str, ...] | None = None, rows: RowFilter | None = None,
+             ) -> tuple[list[dict], str | None, int | None]:
+        """One page of records (all fields, or only ``names``; only those among ``rows``), the cursor
+        of the next page (or None), and the total if asked for."""
         dialect = conn.dialect.name
-        page, count = self._list_statements(entity, query, dialect, extra_where)
+        page, count, columns = self._list_statements(entity, query, dialect, extra_where, names, rows)
         params = list_parameters(query, dialect)
-        names = self._names[entity.name]
-        rows = conn.execute(page, params).all()
-        records = [dict(zip(names, r, strict=True)) for r in rows[: query.limit]]
+        if rows is not None:
+            params.update(rows.params)
+        rows_ = conn.execute(page, params).all()
+        records = [dict(zip(columns, r, strict=True)) for r in rows_[: query.limit]]
         next_cursor = None
-        if len(rows) > query.limit:
+        if len(rows_) > query.limit:
             last = dump_record(entity, records[-1], [f.name for f, _ in query.sort])
             next_cursor = encode_cursor(query.sort, last)
         total = None
         if query.count:
             total = conn.execute(count, params).scalar_one()
-        self.attach_links(conn, entity, records)
+        self.attach_links(conn, entity, records, names)
         return records, next_cursor, total
 
-    def _list_statements(self, entity: Entity, query: ListQuery, dialect: str, extra_where) -> tuple:
+    def _list_statements(self, entity: Entity, query: ListQuery, dialect: str, extra_where, names, rows) -> tuple:
         """Built once per query shape and reused (building SQL costs more than running it on SQLite);
         related lists (``extra_where``) are built each time."""
         table = self.tables[entity.name]
+        columns = self._column_names(entity, names)
+        where = [*extra_where, *([rows.condition(table)] if rows is not None else [])]
         if extra_where:
-            return list_statements(table, self._columns(entity), query, dialect, extra_where)
-        key = (entity.name, dialect, query_shape(query))
+            return (*list_statements(table, self._columns(entity, columns), query, dialect, where), columns)
+        key = (entity.name, dialect, query_shape(query), names, rows and rows.key)
         statements = self._list_cache.get(key)
         if statements is None:
-            if len(self._list_cache) >= LIST_CACHE_SIZE:
-                self._list_cache.pop(next(iter(self._list_cache)))
-            statements = self._list_cache[key] = list_statements(table, self._columns(entity), query, dialect)
+            statements = self._remember(key, (*list_statements(table, self._columns(entity, columns), query,
+                                                                dialect, where), columns))
         return statements
 
-    def attach_links(self, conn: sa.Connection, entity: Entity, records: list[dict]) -> None:
-        """Fill many-to-many fields with lists of ids: one query per refs field, not per record."""
+    def _column_names(self, entity: Entity, names: tuple[str, ...] | None) -> tuple[str, ...]:
+        """Of ``names`` (default: every field), those stored in the entity's table."""
+        if names is None:
+            return self._names[entity.name]
+        return tuple(n for n in names if entity.fields[n].column is not None)
+
+    def _remember(self, key: tuple, value: tuple) -> tuple:
+        if len(self._list_cache) >= LIST_CACHE_SIZE:
+            self._list_cache.pop(next(iter(self._list_cache)))
+        self._list_cache[key] = value
+        return value
+
+    def attach_links(self, conn: sa.Connection, entity: Entity, records: list[dict],
+                     names: tuple[str, ...] | None = None) -> None:
+        """Fill many-to-many fields (of ``names``, default all) with lists of ids: one query per
+        refs field, not per record."""
         if not records:
             return
         for field in entity.user_fields:
-            if field.type != "refs":
+            if field.type != "refs" or names is not None and field.name not in names:
                 continue
             links = self.load_links(conn, entity, field, [r["id"] for r in records])
             for record in records:
@@ -108,8 +153,11 @@ class Store:
             result[source].append(target)
         return result
 
-    def expand(self, conn, entity: Entity, names: list[str], records: list[dict], dumped: list[dict]) -> None:
-        """Replace ref ids in ``dumped`` by the target records: one query per expanded field."""
+    def expand(self, conn, entity: Entity, names: list[str], records: list[dict], dumped: list[dict],
+               access=None) -> None:
+        """Replace ref ids in ``dumped`` by the target records: one query per expanded field.
+        With an ``access``, targets show only readable fields, and those outside the caller's
+        read scope show only their id."""
         for name in names:
             field = entity.fields[name]
             target = self.manifest.entities[field.target]
@@ -119,18 +167,21 @@ class Store:
                 ids.update(value if isinstance(value, list) else [value] if value is not None else [])
             if not ids:
                 continue
-            table = self.tables[target.name]
-            names = self._names[target.name]
-            rows = conn.execute(sa.select(*self._columns(target)).where(table.c.id.in_(sorted(ids))))
-            targets = {r[0]: dict(zip(names, r, strict=True)) for r in rows}
-            self.attach_links(conn, target, list(targets.values()))
+            fields, rows = (None, None) if access is None else (access.readable(target), access.rows(target, "read"))
+            columns = self._column_names(target, fields)
+            stmt = sa.select(*self._columns(target, columns)).where(self.tables[target.name].c.id.in_(sorted(ids)))
+            if rows is not None:
+                stmt = stmt.where(rows.condition(self.tables[target.name]))
+            found = conn.execute(stmt, rows.params if rows else {})
+            targets = {r[0]: dict(zip(columns, r, strict=True)) for r in found}
+            self.attach_links(conn, target, list(targets.values()), fields)
             by_id = {i: dump_record(target, t) for i, t in targets.items()}
             for record, out in zip(records, dumped, strict=True):
                 value = record.get(name)
                 if isinstance(value, list):
-                    out[name] = [by_id[v] for v in value if v in by_id]
+                    out[name] = [by_id.get(v, {"id": v}) for v in value]
                 elif value is not None:
-                    out[name] = by_id.get(value)
+                    out[name] = by_id.get(value, {"id": value})
 
     def exists(self, conn, entity: Entity, ids: list[int]) -> set[int]:
         table = self.tables[entity.name]

@@ -21,6 +21,7 @@ from ..database import write_lock
 from ..errors import Problem, did_you_mean
 from ..fieldtypes import FieldValueError
 from ..manifest import Entity, Manifest
+from .access import describe_reach, forbidden
 from .audit import history_page, write_entries
 from .context import Context
 from .persistence import Store, dump_record
@@ -68,35 +69,73 @@ class Records:
     # --- reading ---------------------------------------------------------------------------------
     def get(self, entity: Entity, record_id: int, ctx: Context, *, fields: list[str] | None = None,
             expand: list[str] = ()) -> dict:
+        """One record: 404 if it does not exist or is outside the caller's read scope (the two look
+        the same); only fields the caller may read."""
+        names, rows = self._view(ctx, entity, [*(("fields", n) for n in fields or ()),
+                                               *(("expand", n) for n in expand)], expand)
         with self.reading() as conn:
-            record = self.store.fetch(conn, entity, record_id)
+            record = self.store.fetch(conn, entity, record_id, names=names, rows=rows)
             if record is None:
                 raise not_found(entity, record_id)
             out = dump_record(entity, record, fields and _with_id(fields))
             if expand:
-                self.store.expand(conn, entity, list(expand), [record], [out])
+                self.store.expand(conn, entity, list(expand), [record], [out], ctx.access)
         return out
 
     def list(self, entity: Entity, query: ListQuery, ctx: Context,
              extra_where: list[sa.ColumnElement] = ()) -> dict:
+        """One page of the records the caller may read; filters, sorts and counts see only those."""
+        uses = [*((f"filter[{f.field.name}]", f.field.name) for f in query.filters),
+                *(("sort", f.name) for f, _ in query.sort), *(("fields", n) for n in query.fields or ()),
+                *(("expand", n) for n in query.expand)]
+        names, rows = self._view(ctx, entity, uses, query.expand)
         with self.reading() as conn:
-            records, next_cursor, total = self.store.list(conn, entity, query, extra_where)
-            names = _with_id(query.fields) if query.fields else None
-            dumped = [dump_record(entity, r, names) for r in records]
+            records, next_cursor, total = self.store.list(conn, entity, query, extra_where, names=names, rows=rows)
+            fields = _with_id(query.fields) if query.fields else None
+            dumped = [dump_record(entity, r, fields) for r in records]
             if query.expand:
-                self.store.expand(conn, entity, query.expand, records, dumped)
+                self.store.expand(conn, entity, query.expand, records, dumped, ctx.access)
         page: dict[str, Any] = {"data": dumped, "next_cursor": next_cursor}
         if query.count:
             page["count"] = total
         return page
 
+    def _view(self, ctx: Context, entity: Entity, uses: list[tuple[str, str]], expand) -> tuple:
+        """The fields and rows a read may touch: ``(None, None)`` for unrestricted callers; 403 when
+        the caller may not read the entity, a field the query uses, or an expanded entity."""
+        access = ctx.access
+        if access is None:
+            return None, None
+        access.require(entity, "read")
+        access.check_readable(entity, uses)
+        for name in expand:
+            access.require(self.manifest.entities[entity.fields[name].target], "read")
+        return access.readable(entity), access.rows(entity, "read")
+
+    def _visible(self, ctx: Context, entity: Entity, record: dict) -> dict:
+        """``record`` without the fields the caller may not read (a write's answer)."""
+        if ctx.access is None:
+            return record
+        readable = set(ctx.access.readable(entity))
+        return {k: v for k, v in record.items() if k in readable}
+
+    def _find(self, conn, entity: Entity, record_id: int, ctx: Context) -> None:
+        """404 unless the record exists and the caller may read it."""
+        rows = ctx.access.rows(entity, "read") if ctx.access is not None else None
+        if self.store.fetch(conn, entity, record_id, names=("id",), rows=rows) is None:
+            raise not_found(entity, record_id)
+
     def related(self, entity: Entity, record_id: int, relation_name: str, query: ListQuery, ctx: Context) -> dict:
         """The records of ``entity.relations[relation_name]`` that point at (or are linked to) a record."""
         relation = entity.relations[relation_name]
         child = self.manifest.entities[relation.entity]
+        if ctx.access is not None:
+            ctx.access.require(entity, "read")
+            ctx.access.require(child, "read")
+            holder = entity if relation.kind != "one_to_many" and relation.owner_side else child
+            ctx.access.check_readable(holder, [(relation_name, relation.field)])
         with self.reading() as conn:
-            if not self.store.exists(conn, entity, [record_id]):
-                raise not_found(entity, record_id)
+            self._find(conn, entity, record_id, ctx)
         child_table = self.store.tables[child.name]
         if relation.kind == "one_to_many":
             condition = child_table.c[child.fields[relation.field].column] == record_id
@@ -109,15 +148,29 @@ class Records:
         return self.list(child, query, ctx, [condition])
 
     def history(self, entity: Entity, record_id: int, ctx: Context, *, limit: int, before: int | None) -> dict:
-        """The audit trail of one record, newest first; also for records deleted since."""
+        """The audit trail of one record, newest first; also for records deleted since (for callers
+        who may read every record of the entity). Values of hidden fields are redacted."""
+        access = ctx.access
+        if access is not None:
+            access.require(entity, "read")
         with self.reading() as conn:
-            entries, next_before = history_page(conn, entity, record_id, limit=limit, before=before)
-            if not entries and before is None and not self.store.exists(conn, entity, [record_id]):
+            exists = self.store.exists(conn, entity, [record_id])
+            if exists:
+                self._find(conn, entity, record_id, ctx)
+            elif access is not None and access.rows(entity, "read") is not None:
                 raise not_found(entity, record_id)
+            entries, next_before = history_page(conn, entity, record_id, limit=limit, before=before)
+            if not entries and before is None and not exists:
+                raise not_found(entity, record_id)
+        if access is not None:
+            entries = access.redact(entity, entries)
         return {"data": entries, "next_cursor": None if next_before is None else str(next_before)}
 
     # --- writing ---------------------------------------------------------------------------------
     def create(self, entity: Entity, data: dict[str, Any], ctx: Context) -> dict:
+        if ctx.access is not None:
+            ctx.access.require(entity, "create")
+            ctx.access.check_writable(entity, data if isinstance(data, dict) else ())
         values = self.checked(entity, data, partial=False)
         self._apply_defaults(entity, values, ctx)
         missing = [f for f in entity.user_fields if f.required and values.get(f.name) is None]
@@ -138,21 +191,24 @@ class Records:
                     hook(ctx=ctx, entity=entity, record=record)
         except IntegrityError as exc:
             raise self._integrity_problem(entity, exc, values) from None
-        return dump_record(entity, record)
+        return self._visible(ctx, entity, dump_record(entity, record))
 
     def update(self, entity: Entity, record_id: int, data: dict[str, Any], ctx: Context,
                version: int | None = None, *, trusted: bool = False) -> dict:
         """Change a record. ``trusted`` (Loom's own code only) may also set read-only fields."""
+        if ctx.access is not None:
+            ctx.access.require(entity, "update")
+            ctx.access.check_writable(entity, data if isinstance(data, dict) else ())
         changes = self.checked(entity, data, partial=True, trusted=trusted)
         try:
             with self.writing(ctx) as conn:
-                old = self._current(conn, entity, record_id, version)
+                old = self._current(conn, entity, record_id, version, ctx, "update")
                 if hook := self._hook("loom_before_update"):
                     before = dict(changes)
                     hook(ctx=ctx, entity=entity, old=dict(old), changes=changes)
                     self._revalidate(entity, before, changes)
                 if not changes:  # nothing to change: no new version, no conflict for others
-                    return dump_record(entity, old)
+                    return self._visible(ctx, entity, dump_record(entity, old))
                 cleared = [n for n, v in changes.items() if v is None and entity.fields[n].required]
                 if cleared:
                     raise invalid([_error(n, "required", "is required and cannot be emptied") for n in cleared])
@@ -165,12 +221,14 @@ class Records:
                     hook(ctx=ctx, entity=entity, old=old, record=record)
         except IntegrityError as exc:
             raise self._integrity_problem(entity, exc, changes) from None
-        return dump_record(entity, record)
+        return self._visible(ctx, entity, dump_record(entity, record))
 
     def delete(self, entity: Entity, record_id: int, ctx: Context, version: int | None = None) -> None:
+        if ctx.access is not None:
+            ctx.access.require(entity, "delete")
         try:
             with self.writing(ctx) as conn:
-                old = self._current(conn, entity, record_id, version)
+                old = self._current(conn, entity, record_id, version, ctx, "delete")
                 if hook := self._hook("loom_before_delete"):
                     hook(ctx=ctx, entity=entity, record=dict(old))
                 if not self.store.delete(conn, entity, record_id, old["version"]):
@@ -188,12 +246,16 @@ class Records:
         hooks are not called one by one (it is a bulk operation). Returns the count per entity.
         """
         counts: dict[str, int] = {}
+        access = ctx.access
         with self.writing(ctx) as conn:
             for entity in entities or list(self.manifest.entities.values()):
                 table = self.store.tables[entity.name]
                 moved = conn.execute(sa.select(table.c.id, table.c.version).where(table.c.owner == from_user)).all()
                 if not moved:
                     continue
+                if access is not None and (not access.can(entity, "update") or access.rows(entity, "update")):
+                    raise forbidden(f"reassigning needs the right to change every {entity.name} record; "
+                                    f"your roles do not give it (user {from_user} owns {len(moved)})")
                 conn.execute(table.update().where(table.c.owner == from_user).values(
                     owner=to_user, updated_at=ctx.now, updated_by=ctx.actor, version=table.c.version + 1))
                 write_entries(conn, [{"at": ctx.now, "actor": ctx.actor, "channel": ctx.channel, "action": "reassign",
@@ -202,11 +264,20 @@ class Records:
                 counts[entity.name] = len(moved)
         return counts
 
-    def _current(self, conn, entity: Entity, record_id: int, version: int | None) -> dict:
-        """The stored record, locked for this write; 404 if absent, 409 if not at ``version``."""
+    def _current(self, conn, entity: Entity, record_id: int, version: int | None, ctx: Context,
+                 operation: str) -> dict:
+        """The stored record, locked for this write; 404 if absent (or unreadable for the caller),
+        403 if readable but outside the caller's scope for ``operation``, 409 if not at ``version``."""
         record = self.store.fetch(conn, entity, record_id, for_update=True)
         if record is None:
             raise not_found(entity, record_id)
+        access = ctx.access
+        if access is not None and not self.store.in_rows(conn, entity, record_id, access.rows(entity, operation)):
+            self._find(conn, entity, record_id, ctx)
+            verb = "change" if operation == "update" else operation
+            raise forbidden(f"your roles allow you to {verb} only some {entity.name} records "
+                            f"({describe_reach(access.policy.reach(entity.name, operation))}); "
+                            f"{entity.name} {record_id} is not one of them")
         if version is not None and version != record["version"]:
             if version > record["version"]:
                 raise Problem(409, "Version conflict", detail=f"{entity.name} {record_id} is at version "

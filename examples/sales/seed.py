@@ -226,23 +226,26 @@ def make_activity(account_id: int | None, contact_id: int | None, lang: str) -> 
 
 #: Demo sign-ins (this example only: a real project never ships passwords). `make run` prints them.
 DEMO_PASSWORD = "loom-demo-2026"
-DEMO_USERS = [  # username, full name, email, team, role
-    ("admin", "Ada Admin", "admin@loom-sales.example.com", None, "admin"),
-    ("li.manager", "李娜", "li.na@loom-sales.example.com", "east", "sales_manager"),
-    ("zhang.rep", "张伟", "zhang.wei@loom-sales.example.com", "east", "sales_rep"),
-    ("smith.rep", "John Smith", "john.smith@loom-sales.example.com", "overseas", "sales_rep"),
-    ("wu.marketing", "吴芳", "wu.fang@loom-sales.example.com", None, "marketing"),
-    ("chen.service", "陈杰", "chen.jie@loom-sales.example.com", None, "service_agent"),
-    ("wang.finance", "王静", "wang.jing@loom-sales.example.com", None, "finance"),
+DEMO_USERS = [  # username, full name, email, team, role, region
+    ("admin", "Ada Admin", "admin@loom-sales.example.com", None, "admin", None),
+    ("li.manager", "李娜", "li.na@loom-sales.example.com", "east", "sales_manager", "east"),
+    ("zhang.rep", "张伟", "zhang.wei@loom-sales.example.com", "east", "sales_rep", "east"),
+    ("smith.rep", "John Smith", "john.smith@loom-sales.example.com", "overseas", "sales_rep", "overseas"),
+    ("wu.marketing", "吴芳", "wu.fang@loom-sales.example.com", None, "marketing", None),
+    ("chen.service", "陈杰", "chen.jie@loom-sales.example.com", None, "service_agent", None),
+    ("wang.finance", "王静", "wang.jing@loom-sales.example.com", None, "finance", None),
 ]
+#: Who owns the accounts of a region (and their contacts and activities); the rest go to the manager.
+REGION_OWNERS = {"east": "zhang.rep", "overseas": "smith.rep"}
 
 
 def seed_users(users) -> None:
-    for username, name, email, _, role in DEMO_USERS:
-        users.create(username, DEMO_PASSWORD, name=name, email=email, roles=[role])
+    for username, name, email, _, role, region in DEMO_USERS:
+        users.create(username, DEMO_PASSWORD, name=name, email=email, roles=[role],
+                     **({"region": region} if region else {}))
     users.create_team("east", manager="li.manager")
     users.create_team("overseas", manager="li.manager")
-    for username, _, _, team, _ in DEMO_USERS:
+    for username, _, _, team, _, _ in DEMO_USERS:
         if team:
             users.add_member(team, username)
 
@@ -255,19 +258,22 @@ def seed(api) -> None:
     accounts = []  # (id, company facts)
     for i in range(N_ACCOUNTS):
         data, company = make_account(i, used_domains)
-        accounts.append((api.create("account", data)["id"], company))
+        owner = REGION_OWNERS.get(data["region"], "li.manager")
+        accounts.append((api.create("account", data, owner=owner)["id"], {**company, "owner": owner}))
 
     used_emails: set = set()
-    contacts = []  # (id, account id or None, language)
+    contacts = []  # (id, account id or None, language, owner)
     for _ in range(N_CONTACTS):
         account_id, company = rng.choice(accounts) if rng.random() < 0.95 else (None, None)
         data = make_contact(company, account_id, used_emails)
-        contacts.append((api.create("contact", data)["id"], account_id, data["preferred_language"]))
+        owner = company["owner"] if company else "li.manager"
+        contacts.append((api.create("contact", data, owner=owner)["id"], account_id, data["preferred_language"],
+                         owner))
 
     for _ in range(N_ACTIVITIES):
         if rng.random() < 0.8:  # most activities involve a person
-            contact_id, account_id, lang = rng.choice(contacts)
+            contact_id, account_id, lang, owner = rng.choice(contacts)
         else:
             (account_id, company), contact_id = rng.choice(accounts), None
-            lang = company["lang"]
-        api.create("activity", make_activity(account_id, contact_id, lang))
+            lang, owner = company["lang"], company["owner"]
+        api.create("activity", make_activity(account_id, contact_id, lang), owner=owner)
