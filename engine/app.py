@@ -22,7 +22,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.response import Redirect
 
 from loomcrm.generators.models import build_models
-from loomcrm.generators.routes import auth_router, entity_router
+from loomcrm.generators.routes import admin_router, auth_router, entity_router
 from loomcrm.generators.tables import build_metadata
 
 from .compiler import compile_project
@@ -88,6 +88,7 @@ class Loom:
         routers = [entity_router(self.records, e, models, sync_to_thread=sync_to_thread, api_context=api_context)
                    for e in self.manifest.entities.values()]
         routers.append(auth_router(auth, api_context, sync_to_thread=sync_to_thread))
+        routers.append(admin_router(self.records, api_context, sync_to_thread=sync_to_thread))
 
         def configure(app_config: AppConfig) -> AppConfig:
             self.pm.hook.loom_configure_app(app_config=app_config, manifest=self.manifest)

@@ -64,8 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--to", dest="to_user", required=True, metavar="USERNAME")
     p.add_argument("--entity", action="append", default=[], help="only this entity (repeatable)")
     p.add_argument("--database", help="database URL")
-    p = command("access", "print what a role may do: operations per entity and field levels")
-    p.add_argument("role", help="a role name from 'roles:' in the config")
+    p = command("access", "print what a role may do, or explain why a user can or cannot reach a record")
+    p.add_argument("role", nargs="?", help="a role name from 'roles:' in the config: print its matrix")
+    p.add_argument("--user", metavar="USERNAME", help="explain this user's access to --entity/--id")
+    p.add_argument("--entity", help="with --user: the entity")
+    p.add_argument("--id", type=int, dest="record_id", help="with --user: the record id")
+    p.add_argument("--database", help="database URL")
     p = command("purge-audit", "delete audit rows older than audit.retain_days (or --days)")
     p.add_argument("--days", type=int, help="keep this many days instead of the config's retain_days")
     p.add_argument("--database", help="database URL")
@@ -138,6 +142,11 @@ def _validate(args) -> int:
           f"{_count(fields, 'field', 'fields')} (plus Loom's {' and '.join(SYSTEM_ENTITIES)})")
     for entity in own:
         print(f"  {entity.name:<24} /api/{entity.plural:<24} {len(entity.user_fields)} fields")
+    if manifest.roles:
+        print(f"  roles: {', '.join(manifest.roles)} (enforced: what no role grants is refused)")
+    else:
+        print("warning: no 'roles:' defined, so every signed-in user may read and change everything; "
+              "define roles before real users sign in (see docs/config.md#roles)", file=sys.stderr)
     return 0
 
 
@@ -201,9 +210,6 @@ def _reassign(args) -> int:
             print(f"loom: no entity '{unknown[0]}' {f'({hint})' if hint else ''}".rstrip(), file=sys.stderr)
             return 1
         source, target = users.find(args.from_user), users.find(args.to_user)
-        if not target["active"]:
-            print(f"loom: {args.to_user} is disabled; enable them first or choose another user", file=sys.stderr)
-            return 1
         counts = loom.records.reassign(source["id"], target["id"], Context(channel="cli"),
                                        [loom.entity(e) for e in args.entity] or None)
     total = sum(counts.values())
@@ -217,6 +223,8 @@ def _access(args) -> int:
     from .errors import did_you_mean
     from .policy import OPERATIONS
 
+    if args.user or args.role is None:
+        return _explain_access(args)
     manifest = validate(args.project)
     policy = manifest.roles.get(args.role)
     if policy is None:
@@ -225,9 +233,18 @@ def _access(args) -> int:
         return 1
     print(f"role {policy.name} ({policy.label}); scopes: none, own, team, all\n")
     print(f"{'entity':<20}" + "".join(f"{op:<8}" for op in OPERATIONS))
+    rules = {}
     for entity in manifest.entities:
         grant = policy.grant(entity)
-        print(f"{entity:<20}" + "".join(f"{grant.scope(op):<8}" for op in OPERATIONS))
+        cells = []
+        for op in OPERATIONS:
+            ruled = [r.rule.text for r in policy.reach(entity, op) if r.rule is not None]
+            cells.append(grant.scope(op) + ("*" if ruled else ""))
+            if ruled:
+                rules.setdefault(entity, set()).update(ruled)
+        print(f"{entity:<20}" + "".join(f"{cell:<8}" for cell in cells))
+    for entity, texts in rules.items():
+        print(f"  * {entity}: only where {' or '.join(sorted(texts))}")
     for entity, fields in policy.levels.items():
         hidden = sorted(f for f, level in fields.items() if level == "hidden")
         read = sorted(f for f, level in fields.items() if level == "read" and not manifest.entities[entity].fields[f].system)
@@ -235,7 +252,28 @@ def _access(args) -> int:
             print(f"\n{entity}: " + "; ".join(part for part in (
                 f"hidden: {', '.join(hidden)}" if hidden else "", f"read only: {', '.join(read)}" if read else "")
                 if part))
-    print("\nnote: roles are compiled and explained; enforcing them in the API comes next")
+    return 0
+
+
+def _explain_access(args) -> int:
+    from .errors import did_you_mean
+    from .runtime.access import explain
+
+    if not (args.user and args.entity and args.record_id):
+        raise _UsageError("give a role (loom access ROLE) or --user USERNAME --entity ENTITY --id ID")
+    with _users(args) as users:
+        loom = users.loom
+        if args.entity not in loom.manifest.entities:
+            hint = did_you_mean(args.entity, loom.manifest.entities)
+            raise _UsageError(f"no entity '{args.entity}'" + (f" ({hint})" if hint else ""))
+        user = users.find(args.user)
+        access = loom.access(user["id"])
+        print(f"{args.user} and {args.entity} {args.record_id}:")
+        with loom.engine.connect() as conn:
+            for line in explain(access, loom.records.store, conn, loom.entity(args.entity), args.record_id):
+                print(line)
+        if not user["active"]:
+            print(f"note: {args.user} is disabled and cannot sign in at all")
     return 0
 
 

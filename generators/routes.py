@@ -24,7 +24,7 @@ from loomcrm.engine.runtime.query import DEFAULT_LIMIT, MAX_LIMIT, parse_list_pa
 
 from .models import EntityModels
 
-__all__ = ["entity_router", "auth_router"]
+__all__ = ["entity_router", "auth_router", "admin_router"]
 
 FILTER_HELP = (
     "Filters: `filter[<field>][<op>]=<value>` (op: eq, ne, lt, lte, gt, gte, in, contains, startswith, "
@@ -64,6 +64,7 @@ class ProblemDetails(BaseModel):
 def _problems(*statuses: int) -> dict[int, ResponseSpec]:
     text = {400: "Invalid query parameters or headers", 401: "Not signed in, or the credentials are invalid",
             404: "No such record", 409: "Version conflict, or the record is still referenced",
+            403: "Your roles do not allow this (the fields or records concerned are named)",
             422: "Invalid field values (each named in errors)", 429: "Too many failed sign-ins; see Retry-After"}
     return {s: ResponseSpec(ProblemDetails, description=text[s], media_type="application/problem+json",
                             generate_examples=False) for s in statuses}
@@ -146,19 +147,19 @@ def entity_router(records: Records, entity: Entity, all_models: dict[str, Entity
     Version = Annotated[str | None, Parameter(description="The version you read; stale gets 409.",
                                               schema_extra={"type": "integer", "minimum": 1})]
     handlers = [
-        get("/", summary=f"List {tag}", description=FILTER_HELP, responses=_problems(400, 401), **opts)(
+        get("/", summary=f"List {tag}", description=FILTER_HELP, responses=_problems(400, 401, 403), **opts)(
             _typed(list_records, {"request": Request, **ListParams, "return": models.page})),
-        post("/", summary=f"Create a {text_for(entity.label)}", status_code=201, responses=_problems(400, 401, 422),
+        post("/", summary=f"Create a {text_for(entity.label)}", status_code=201, responses=_problems(400, 401, 403, 422),
              **opts)(
             _typed(create_record, {"request": Request, "data": SkipValidation[JSONBody[models.create]], "return": Response[models.record]})),
-        get("/{record_id:int}", summary=f"Get a {text_for(entity.label)}", responses=_problems(400, 401, 404), **opts)(
+        get("/{record_id:int}", summary=f"Get a {text_for(entity.label)}", responses=_problems(400, 401, 403, 404), **opts)(
             _typed(get_record, {"request": Request, "record_id": FromPath[int], "fields": ListParams["fields"],
                                 "expand": ListParams["expand"], "return": Response[models.record]})),
         patch("/{record_id:int}", summary=f"Change a {text_for(entity.label)}",
-              responses=_problems(400, 401, 404, 409, 422), **opts)(
+              responses=_problems(400, 401, 403, 404, 409, 422), **opts)(
             _typed(patch_record, {"request": Request, "record_id": FromPath[int], "data": SkipValidation[JSONBody[models.update]],
                                   "if_match": IfMatch, "return": Response[models.record]})),
-        delete("/{record_id:int}", summary=f"Delete a {text_for(entity.label)}", responses=_problems(400, 401, 404, 409),
+        delete("/{record_id:int}", summary=f"Delete a {text_for(entity.label)}", responses=_problems(400, 401, 403, 404, 409),
                **opts)(
             _typed(delete_record, {"request": Request, "record_id": FromPath[int], "version": Version,
                                    "if_match": IfMatch, "return": None})),
@@ -193,7 +194,8 @@ def _history_handler(records: Records, entity: Entity, opts, api_context):
 
     return get("/{record_id:int}/history", summary=f"History of a {text_for(entity.label)}",
                description="Every change to the record, newest first: when, who, through which channel, and "
-               "each changed field as [old, new].", name=f"{entity.name}.history", responses=_problems(400, 401, 404),
+               "each changed field as [old, new]; fields hidden from you show \"redacted\".", name=f"{entity.name}.history",
+               responses=_problems(400, 401, 403, 404),
                **opts)(_typed(history, {"request": Request, "record_id": FromPath[int], "limit": ListParams["limit"],
                                         "cursor": ListParams["cursor"], "return": HistoryPage}))
 
@@ -208,7 +210,7 @@ def _related_handler(records: Records, entity: Entity, relation, page, opts, api
 
     return get(f"/{{record_id:int}}/{relation.name}", summary=f"{text_for(child.plural_label)} of a "
                f"{text_for(entity.label)}", description=FILTER_HELP, name=f"{entity.name}.{relation.name}",
-               responses=_problems(400, 401, 404), **opts)(
+               responses=_problems(400, 401, 403, 404), **opts)(
         _typed(list_related, {"request": Request, "record_id": FromPath[int], **ListParams, "return": page}))
 
 
@@ -258,8 +260,8 @@ def auth_router(auth, api_context: Callable[[Request], Context], *, sync_to_thre
         return response
 
     def me(request: Request) -> Any:
-        ctx = signed_in(request)
-        return auth.loom.records.get(auth.loom.entity("user"), ctx.actor, ctx)
+        ctx = signed_in(request)  # your own record, whatever your roles let you see of other users
+        return auth.loom.records.get(auth.loom.entity("user"), ctx.actor, Context(actor=ctx.actor, channel="api"))
 
     def create_token(request: Request, data: Any) -> Any:
         ctx = signed_in(request)
@@ -299,3 +301,45 @@ def auth_router(auth, api_context: Callable[[Request], Context], *, sync_to_thre
                **opts)(_typed(revoke_token, {"request": Request, "token_id": FromPath[int], "return": None})),
     ]
     return Router(path="/api/auth", route_handlers=handlers)
+
+
+# --- administration ---------------------------------------------------------------------------------
+
+
+class ReassignBody(BaseModel):
+    from_user: int
+    to_user: int
+    entities: list[str] | None = None
+
+
+class ReassignResult(BaseModel):
+    moved: dict[str, int]
+
+
+def admin_router(records: Records, api_context: Callable[[Request], Context], *, sync_to_thread: bool) -> Router:
+    """``/api/reassign``: staff turnover, for callers who may change every record involved."""
+
+    def reassign(request: Request, data: Any) -> Any:
+        body = data if isinstance(data, dict) else {}
+        errors = [{"field": key, "code": "type", "message": f"{key} must be a user id"}
+                  for key in ("from_user", "to_user")
+                  if not isinstance(body.get(key), int) or isinstance(body.get(key), bool)]
+        names = body.get("entities")
+        if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
+            errors.append({"field": "entities", "code": "type", "message": "entities must be a list of names"})
+        elif names:
+            errors += [{"field": "entities", "code": "unknown_entity", "message": f"no entity '{n}'"}
+                       for n in names if n not in records.manifest.entities]
+        if errors:
+            raise Problem(422, "Validation failed", errors=errors)
+        entities = [records.manifest.entities[n] for n in names] if names else None
+        moved = records.reassign(body["from_user"], body["to_user"], api_context(request), entities)
+        return {"moved": moved}
+
+    handler = post("/reassign", summary="Reassign every record one user owns to another (staff turnover)",
+                   description="One transaction; each record gets a 'reassign' history entry. Needs the right "
+                   "to change every record of each entity involved.", status_code=200, tags=["Administration"],
+                   responses=_problems(401, 403, 422), sync_to_thread=sync_to_thread)(
+        _typed(reassign, {"request": Request, "data": SkipValidation[JSONBody[ReassignBody]],
+                          "return": ReassignResult}))
+    return Router(path="/api", route_handlers=[handler])

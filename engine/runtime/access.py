@@ -207,3 +207,46 @@ def access_for(policies: Policies, store, conn: sa.Connection, actor: int | None
         owners.update(conn.execute(sa.select(join.c[member]).where(join.c[team].in_(sorted(teams)))).scalars())
     attributes = {**user, "teams": sorted(set(user.get("teams") or [])), "roles": list(user.get("roles") or [])}
     return Access(policies.for_roles(attributes["roles"]), actor, tuple(sorted(owners)), attributes)
+
+
+def explain(access: Access | None, store, conn: sa.Connection, entity: Entity, record_id: int) -> list[str]:
+    """Why the caller can or cannot see and change one record: a line per operation, naming the
+    scope or row rule that reaches it (or that none does), then the field levels."""
+    from ..policy import ROW_OPERATIONS
+
+    if access is None:
+        return ["the project defines no roles: every signed-in user may do everything"]
+    record = store.fetch(conn, entity, record_id, names=("id", "owner"))
+    if record is None:
+        return [f"no {entity.name} with id {record_id}"]
+    users = store.tables["user"]
+    owner = conn.execute(sa.select(users.c.username).where(users.c.id == record["owner"])).scalar()
+    owner_text = "nobody" if record["owner"] is None else f"{owner} (user {record['owner']})"
+    lines = [f"roles: {access.policy.name}; {entity.name} {record_id} is owned by {owner_text}"
+             + (", that is you" if record["owner"] == access.actor and access.actor is not None else "")]
+    for operation in ROW_OPERATIONS:
+        reaches = access.policy.reach(entity.name, operation)
+        matching = [r for r in reaches if store.in_rows(conn, entity, record_id, _single(access, r))]
+        if matching:
+            verdict = f"yes: {describe_reach(matching[:1])}"
+        elif reaches:
+            verdict = f"no: your roles reach only {describe_reach(reaches)}, and this record is not one of them"
+        else:
+            verdict = f"no: none of your roles grants {operation} on {entity.name}"
+        lines.append(f"  {operation:<7} {verdict}")
+    create = "yes" if access.can(entity, "create") else f"no: none of your roles grants create on {entity.name}"
+    lines.append(f"  {'create':<7} {create} (for new records)")
+    levels: dict[str, list[str]] = {}
+    for name in entity.fields:
+        levels.setdefault(access.level(entity, name), []).append(name)
+    for level in ("write", "read", "hidden"):
+        if levels.get(level):
+            lines.append(f"  fields {level}: {', '.join(levels[level])}")
+    return lines
+
+
+def _single(access: Access, reach) -> RowFilter | None:
+    """The row filter of one reach alone (to say which one lets a record through)."""
+    if reach.scope == "all" and reach.rule is None:
+        return None
+    return access._row_filter((reach,))

@@ -243,8 +243,20 @@ class Records:
         """Give every record ``from_user`` owns to ``to_user`` (staff turnover), in one transaction.
 
         Each record's version goes up and its history gets a ``reassign`` entry for ``owner``; record
-        hooks are not called one by one (it is a bulk operation). Returns the count per entity.
+        hooks are not called one by one (it is a bulk operation). A restricted caller needs the right
+        to change every record of each entity involved. Returns the count per entity.
         """
+        users = self.store.tables["user"]
+        with self.reading() as conn:
+            found = dict(conn.execute(sa.select(users.c.id, users.c.active)
+                                      .where(users.c.id.in_([from_user, to_user]))).all())
+        errors = [_error(key, "not_found", f"no user with id {uid}")
+                  for key, uid in (("from", from_user), ("to", to_user)) if uid not in found]
+        if not errors and not found[to_user]:
+            errors.append(_error("to", "inactive", f"user {to_user} is disabled; enable them first or choose "
+                                                   "another user"))
+        if errors:
+            raise invalid(errors)
         counts: dict[str, int] = {}
         access = ctx.access
         with self.writing(ctx) as conn:

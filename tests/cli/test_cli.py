@@ -45,6 +45,13 @@ def test_validate_prints_a_summary(capsys, project):
     assert code == 0 and "ok: Tiny: 1 entity, 1 field" in out and "/api/leads" in out
 
 
+def test_validate_warns_that_a_project_without_roles_restricts_nobody(capsys, project):
+    _, _, err = run(capsys, "-p", project, "validate")
+    assert "warning: no 'roles:' defined, so every signed-in user may read and change everything" in err
+    _, out, err = run(capsys, "-p", SALES, "validate")
+    assert "warning" not in err and "roles: admin, sales_rep" in out
+
+
 def test_config_errors_exit_1_with_file_and_line(capsys, project):
     (project / "entities" / "lead.yaml").write_text(
         "entities:\n  lead:\n    fields:\n      name: {type: strng}\n")
