@@ -27,7 +27,8 @@ run: $(STAMP)
 	@echo "  API docs (UI):    http://$(HOST):$(PORT)/schema/swagger"
 	@echo "  Demo users:       admin, li.manager, zhang.rep, smith.rep, wu.marketing, chen.service, wang.finance"
 	@echo "                    password loom-demo-2026 (demo data only; manage users with: loom user ...)"
-	@echo "                    the API needs a sign-in (POST /api/auth/login, or a token); roles are not built yet"
+	@echo "                    the API needs a sign-in (POST /api/auth/login, or a token); each user sees what"
+	@echo "                    their role allows (zhang.rep: East China accounts; wang.finance: no phone numbers)"
 	@echo ""
 	$(BIN)/loom -p $(EXAMPLE) serve --host $(HOST) --port $(PORT)
 
@@ -45,6 +46,7 @@ schema: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/compile.py
 	$(BIN)/python bench/api.py
+	$(BIN)/python bench/security.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info examples/*/*.db*
