@@ -183,9 +183,13 @@ class Store:
                 elif value is not None:
                     out[name] = by_id.get(value, {"id": value})
 
-    def exists(self, conn, entity: Entity, ids: list[int]) -> set[int]:
+    def exists(self, conn, entity: Entity, ids: list[int], rows: RowFilter | None = None) -> set[int]:
+        """Which of ``ids`` exist (and are among ``rows``)."""
         table = self.tables[entity.name]
-        return set(conn.execute(sa.select(table.c.id).where(table.c.id.in_(ids))).scalars())
+        stmt = sa.select(table.c.id).where(table.c.id.in_(ids))
+        if rows is not None:
+            stmt = stmt.where(rows.condition(table))
+        return set(conn.execute(stmt, rows.params if rows else {}).scalars())
 
     def count_referencing(self, conn, entity: Entity, field: Field, record_id: int) -> int:
         table = self.tables[entity.name]

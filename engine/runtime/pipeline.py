@@ -182,6 +182,7 @@ class Records:
                     before = dict(values)
                     hook(ctx=ctx, entity=entity, data=values)
                     self._revalidate(entity, before, values)
+                self._check_references(conn, entity, values, ctx)
                 values.update(created_at=ctx.now, updated_at=ctx.now, created_by=ctx.actor,
                               updated_by=ctx.actor, owner=values.get("owner", ctx.actor))
                 record = self.store.insert(conn, entity, values)
@@ -212,6 +213,7 @@ class Records:
                 cleared = [n for n, v in changes.items() if v is None and entity.fields[n].required]
                 if cleared:
                     raise invalid([_error(n, "required", "is required and cannot be emptied") for n in cleared])
+                self._check_references(conn, entity, changes, ctx)
                 changes.update(updated_at=ctx.now, updated_by=ctx.actor)
                 if not self.store.update(conn, entity, record_id, old["version"], changes):
                     raise stale(entity, record_id, None)
@@ -370,6 +372,30 @@ class Records:
                 values[field.name] = ctx.actor
             elif field.default is not None:
                 values[field.name] = field.default
+
+    def _check_references(self, conn, entity: Entity, values: dict, ctx: Context) -> None:
+        """A restricted caller may only point at records they can read: a reference to one outside
+        their read scope is refused exactly like one to a record that does not exist."""
+        access = ctx.access
+        if access is None:
+            return
+        errors = []
+        for field in entity.user_fields:
+            if field.type not in ("ref", "refs") or values.get(field.name) in (None, []):
+                continue
+            target = self.manifest.entities[field.target]
+            ids = list(values[field.name]) if field.type == "refs" else [values[field.name]]
+            if access.can(target, "read"):
+                rows = access.rows(target, "read")
+                if rows is None:
+                    continue  # every existing record is readable; the foreign key checks existence
+                missing = sorted(set(ids) - self.store.exists(conn, target, ids, rows))
+            else:
+                missing = sorted(ids)
+            if missing:
+                errors.append(_error(field.name, "not_found", f"no {target.name} with id {', '.join(map(str, missing))}"))
+        if errors:
+            raise invalid(errors)
 
     def _write_links(self, conn, entity: Entity, record_id: int, values: dict) -> bool:
         """Store many-to-many links given in ``values``; True if the entity has any refs fields."""

@@ -189,6 +189,20 @@ def test_refused_writes_name_the_field_and_change_nothing(crm):
     assert as_user(loom, client, "fay").post("/api/deals", json={"title": "x"}).status_code == 403
 
 
+def test_references_may_only_point_at_records_the_caller_can_read(crm):
+    loom, client, ids = crm
+    east = make(loom, "company", ids["max"], name="East Co", region="east")["id"]
+    west = make(loom, "company", ids["max"], name="West Co", region="west")["id"]
+    client = as_user(loom, client, "ann")
+    refused = client.post("/api/deals", json={"title": "Probe", "company": west})
+    assert refused.status_code == 422
+    assert refused.json()["errors"] == [{"field": "company", "code": "not_found", "message": f"no company with id {west}"}]
+    assert client.post("/api/deals", json={"title": "Fine", "company": east}).status_code == 201
+    deal = make(loom, "deal", ids["ann"], title="Mine")
+    assert client.patch(f"/api/deals/{deal['id']}", json={"company": west}).status_code == 422
+    assert loom.records.get(loom.entity("deal"), deal["id"], Context())["company"] is None
+
+
 def test_history_redacts_values_of_hidden_fields(crm):
     loom, client, ids = crm
     deal = make(loom, "deal", ids["ann"], title="A", margin="0.1")
