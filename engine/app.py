@@ -29,6 +29,7 @@ from .compiler import compile_project
 from .database import create_db_engine
 from .errors import Problem
 from .manifest import Manifest
+from .plugins import call_hook
 from .runtime.access import Access, Policies, access_for
 from .runtime.auth import SESSION_COOKIE, Auth
 from .runtime.context import Context
@@ -72,6 +73,16 @@ class Loom:
     def policies(self) -> Policies:
         return Policies(self.manifest)
 
+    @cached_property
+    def auth(self) -> Auth:
+        """Sign-in, sessions and tokens of this app."""
+        return Auth(self)
+
+    def context(self, request: Request, channel: str = "api") -> Context:
+        """The caller of an HTTP request (for routes a plugin adds); 401 without valid credentials
+        where sign-in is required."""
+        return self.auth.context(request.headers, request.cookies, channel=channel)
+
     def access(self, actor: int | None) -> Access | None:
         """What user ``actor`` may see and change; None (unrestricted) in a project without roles."""
         with self.engine.connect() as conn:
@@ -80,7 +91,7 @@ class Loom:
     def asgi(self, *, sync_to_thread: bool = True, debug: bool = False) -> Litestar:
         """The litestar application: ``/api/<plural>`` per entity, OpenAPI under ``/schema``."""
         models = build_models(self.manifest)
-        auth = Auth(self)
+        auth = self.auth
 
         def api_context(request: Request) -> Context:
             return auth.context(request.headers, request.cookies)
@@ -89,6 +100,14 @@ class Loom:
                    for e in self.manifest.entities.values()]
         routers.append(auth_router(auth, api_context, sync_to_thread=sync_to_thread))
         routers.append(admin_router(self.records, api_context, sync_to_thread=sync_to_thread))
+        for handlers in call_hook(self.pm, "loom_routes", loom=self):
+            routers.extend(handlers or ())
+
+        def unexpected(request: Request, exc: Exception) -> Response:
+            for problem in call_hook(self.pm, "loom_handle_exception", exc=exc):
+                if isinstance(problem, Problem):
+                    return problem_response(request, problem)
+            return unexpected_response(request, exc)
 
         def configure(app_config: AppConfig) -> AppConfig:
             self.pm.hook.loom_configure_app(app_config=app_config, manifest=self.manifest)
@@ -97,7 +116,7 @@ class Loom:
         return Litestar(
             route_handlers=[*routers, health, index],
             exception_handlers={Problem: problem_response, ValidationException: validation_response,
-                                HTTPException: http_error_response, Exception: unexpected_response},
+                                HTTPException: http_error_response, Exception: unexpected},
             openapi_config=OpenAPIConfig(
                 title=f"{self.manifest.app_name} API", version="1", path="/schema",
                 render_plugins=[SwaggerRenderPlugin()],

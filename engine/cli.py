@@ -70,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--entity", help="with --user: the entity")
     p.add_argument("--id", type=int, dest="record_id", help="with --user: the record id")
     p.add_argument("--database", help="database URL")
+    command("plugins", "list the loaded plugins: where each comes from and which hooks it implements")
     p = command("purge-audit", "delete audit rows older than audit.retain_days (or --days)")
     p.add_argument("--days", type=int, help="keep this many days instead of the config's retain_days")
     p.add_argument("--database", help="database URL")
@@ -277,6 +278,20 @@ def _explain_access(args) -> int:
     return 0
 
 
+def _plugins(args) -> int:
+    from .compiler import compile_project
+    from .plugins import describe_plugins
+
+    manifest, pm = compile_project(args.project)
+    infos = describe_plugins(pm, manifest.plugins)
+    print(f"{len(infos)} plugins, most recently registered first (pluggy calls them in this order, except "
+          "where an implementation says tryfirst or trylast; the built-ins say trylast):")
+    for info in reversed(infos):  # pluggy calls the last registered first
+        print(f"\n{info.name}  [{info.origin}]  {info.where}")
+        print("  hooks: " + (", ".join(info.hooks) or "none"))
+    return 0
+
+
 def _purge_audit(args) -> int:
     from .commands import purge_audit
 
@@ -398,7 +413,7 @@ def _openapi(args) -> int:
 
 
 COMMANDS = {"validate": _validate, "plan": _plan, "migrate": _migrate, "seed": _seed, "serve": _serve,
-            "user": _user, "team": _team, "access": _access, "reassign": _reassign, "purge-audit": _purge_audit, "schema": _schema, "openapi": _openapi}
+            "user": _user, "team": _team, "access": _access, "reassign": _reassign, "plugins": _plugins, "purge-audit": _purge_audit, "schema": _schema, "openapi": _openapi}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -55,6 +55,7 @@ def compile_project(path: str | os.PathLike, *, plugins: list | None = None) -> 
     pm = make_plugin_manager(
         [*loaded.project.plugins, *(plugins or [])],
         where=loaded.project_source.where(("plugins",), key=True),
+        project_dir=loaded.project_dir,
     )
     return compile_manifest(loaded, pm), pm
 

@@ -17,6 +17,7 @@ implementation runs first and can override it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -24,6 +25,8 @@ import pluggy
 if TYPE_CHECKING:
     from litestar.config.app import AppConfig
 
+    from .app import Loom
+    from .errors import Problem
     from .fieldtypes import FieldType
     from .manifest import Entity, Manifest
     from .runtime.context import Context
@@ -69,12 +72,61 @@ def loom_configure_app(app_config: AppConfig, manifest: Manifest) -> None:
     """
 
 
+@hookspec
+def loom_routes(loom: Loom) -> list[Any]:
+    """Add HTTP routes to the app, beside Loom's own.
+
+    Called once per app while it is built. Handlers get the caller with ``loom.context(request)``
+    (401 when sign-in is required and missing) and read and write through ``loom.records`` with
+    that context, so roles, validation, hooks and the audit trail apply as for the REST API.
+
+    :param loom: the app (:class:`~loomcrm.engine.app.Loom`): manifest, records, engine.
+    :return: litestar route handlers or routers.
+    """
+
+
+@hookspec
+def loom_handle_exception(exc: Exception) -> Problem | None:
+    """Turn an exception no one else handled into an answer, instead of a 500.
+
+    Called when a request raised something that is not a Loom ``Problem``, e.g. a domain error of
+    a library a plugin uses. The first implementation that returns a ``Problem`` decides.
+
+    :return: a :class:`~loomcrm.engine.errors.Problem`, or None to leave it to the next one.
+    """
+
+
+# -------------------------------------------------------------------------------------------------
+# runtime: who is calling
+# -------------------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def loom_current_user(headers: Mapping[str, str], cookies: Mapping[str, str]) -> int | None:
+    """Identify the caller of a request by other means than Loom's sessions and tokens (single
+    sign-on behind a trusted proxy, client certificates...).
+
+    Called for every API request before Loom looks at its own cookie and token; the first
+    implementation that returns a user id decides. The user must exist and be active, else the
+    request is a 401. Return None to let Loom authenticate as usual.
+
+    :param headers: the request headers (case-insensitive keys).
+    :param cookies: the request cookies.
+    :return: the id of an active user, or None.
+    """
+
+
 # -------------------------------------------------------------------------------------------------
 # runtime: while a record is written, inside the write's database transaction
 # -------------------------------------------------------------------------------------------------
 # Every channel (REST API, admin forms, imports, the Python API) goes through the same pipeline:
-# validate input -> loom_before_* -> write -> loom_after_* -> commit. Raising in any of these hooks
-# rolls the whole write back; raise ``loomcrm.engine.errors.Problem`` for a clear 4xx answer.
+# validate input -> loom_before_* -> loom_permission_veto -> loom_validate_record -> write ->
+# loom_after_* -> commit -> loom_record_* events. Raising in any hook before the commit rolls the
+# whole write back: raise ``loomcrm.engine.errors.Problem`` for a clear 4xx answer; any other
+# exception answers 500 naming the plugin and the hook, and nothing is written.
+#
+# Implementations may be ``async def``: Loom awaits them (on a loop of their own, so they must not
+# share loop-bound objects such as connections created on another loop).
 
 
 @hookspec
@@ -124,4 +176,59 @@ def loom_after_delete(ctx: Context, entity: Entity, record: dict[str, Any]) -> N
     """Called after a record was deleted, in the same transaction.
 
     :param record: the record as it was before deletion.
+    """
+
+
+@hookspec
+def loom_permission_veto(ctx: Context, entity: Entity, operation: str, record: dict[str, Any]) -> str | None:
+    """Refuse a write the caller's roles allow, for a reason of your own (e.g. won deals cannot be
+    deleted; nobody edits last year's invoices).
+
+    Called inside the transaction after the ``loom_before_*`` hooks, before anything is written.
+    Any implementation returning a reason refuses the write with a 403 whose detail is that reason.
+
+    :param operation: ``create``, ``update`` or ``delete``.
+    :param record: the record as it would be after the write (for ``delete``: as it is).
+    :return: a reason for a person ("won deals cannot be deleted"), or None to allow.
+    """
+
+
+@hookspec
+def loom_validate_record(ctx: Context, entity: Entity, record: dict[str, Any],
+                         old: dict[str, Any] | None) -> list[dict[str, str]] | None:
+    """Check a whole record before it is stored, after type validation and the ``loom_before_*``
+    hooks. Every implementation's errors are reported together in one 422.
+
+    :param record: the record as it would be stored (for an update: old values with the changes).
+    :param old: the stored record before an update; None on create.
+    :return: errors as ``{"field": ..., "message": ...}`` (``code`` optional, default ``invalid``),
+        or None / an empty list.
+    """
+
+
+# -------------------------------------------------------------------------------------------------
+# runtime: after the transaction committed
+# -------------------------------------------------------------------------------------------------
+# Events: the write is stored for good. Use them for notifications, caches, outside systems. An
+# exception here is logged with the plugin's name and does not change the answer (the write stands).
+
+
+@hookspec
+def loom_record_created(ctx: Context, entity: Entity, record: dict[str, Any]) -> None:
+    """A record was created and committed.
+
+    :param record: the stored record (Python values).
+    """
+
+
+@hookspec
+def loom_record_updated(ctx: Context, entity: Entity, old: dict[str, Any], record: dict[str, Any]) -> None:
+    """A record was changed and committed."""
+
+
+@hookspec
+def loom_record_deleted(ctx: Context, entity: Entity, record: dict[str, Any]) -> None:
+    """A record was deleted and committed.
+
+    :param record: the record as it was.
     """

@@ -1,27 +1,43 @@
-"""One pluggy PluginManager per app: built-ins first, then the project's plugins."""
+"""One pluggy PluginManager per app: built-ins first, then installed, listed and local plugins;
+and calling hooks so that a failing plugin is named and never leaves a half-done write."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib
+import importlib.util
+import inspect
+import logging
+import sys
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pluggy
 
 from loomcrm.plugins import DEFAULT_PLUGINS
 
 from . import hookspecs
-from .errors import ConfigError, ConfigErrors, Location
+from .errors import ConfigError, ConfigErrors, Location, Problem
 from .fieldtypes import FieldType
 
-__all__ = ["make_plugin_manager", "field_types", "ENTRY_POINT_GROUP"]
+__all__ = ["make_plugin_manager", "field_types", "call_hook", "emit_event", "describe_plugins", "ENTRY_POINT_GROUP",
+           "LOCAL_PLUGINS"]
 
 ENTRY_POINT_GROUP = "loomcrm.plugins"
+#: A project's own plugins: every ``*.py`` in this folder beside loom.yaml is loaded.
+LOCAL_PLUGINS = "plugins"
+log = logging.getLogger("loomcrm.plugins")
 
 
 def make_plugin_manager(
-    plugins: Iterable[str | object] = (), *, entry_points: bool = True, where: Location | None = None
+    plugins: Iterable[str | object] = (), *, entry_points: bool = True, where: Location | None = None,
+    project_dir: str | Path | None = None,
 ) -> pluggy.PluginManager:
-    """Build a plugin manager with the built-in plugins, installed entry points and ``plugins``.
+    """Build a plugin manager with the built-in plugins, installed entry points, ``plugins`` and the
+    modules in the project's ``plugins/`` folder.
 
     ``plugins`` holds module paths (as written under ``plugins:`` in loom.yaml) or plugin objects.
     A module that cannot be imported stops here with a config error naming it.
@@ -33,6 +49,8 @@ def make_plugin_manager(
     if entry_points:
         pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
     errors = []
+    if project_dir is not None:
+        errors += _load_local(pm, Path(project_dir))
     for plugin in plugins:
         if isinstance(plugin, str):
             if pm.has_plugin(plugin):
@@ -57,6 +75,31 @@ def make_plugin_manager(
     return pm
 
 
+def _load_local(pm: pluggy.PluginManager, project_dir: Path) -> list[ConfigError]:
+    """Register every module of ``<project>/plugins/`` under the name ``plugins/<file>``."""
+    errors = []
+    folder = project_dir / LOCAL_PLUGINS
+    for path in sorted(folder.glob("*.py")) if folder.is_dir() else []:
+        if path.name.startswith("_"):
+            continue
+        name = f"{LOCAL_PLUGINS}/{path.name}"
+        module_name = f"loom_local_plugins.{abs(hash(str(folder)))}.{path.stem}"
+        try:
+            spec = importlib.util.spec_from_file_location(module_name, path)
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[module_name] = module
+            spec.loader.exec_module(module)
+        except Exception as exc:  # stop startup, naming the file
+            sys.modules.pop(module_name, None)
+            errors.append(ConfigError(Location(name), "E130", f"plugin '{name}' could not be loaded: "
+                                      f"{type(exc).__name__}: {exc}", f"python {path} shows where"))
+            continue
+        if not pm.has_plugin(name):
+            pm.register(module, name=name)
+    return errors
+
+
 def _import_hint(plugin: str, exc: Exception) -> str:
     missing = getattr(exc, "name", None) if isinstance(exc, ModuleNotFoundError) else None
     if missing and not (plugin == missing or plugin.startswith(f"{missing}.")):
@@ -75,3 +118,97 @@ def field_types(pm: pluggy.PluginManager) -> dict[str, FieldType]:
         for field_type in result or []:
             types.setdefault(field_type.name, field_type)
     return types
+
+
+# --- calling hooks --------------------------------------------------------------------------------
+
+
+def call_hook(pm: pluggy.PluginManager, name: str, **kwargs: Any) -> list[Any]:
+    """Call hook ``name`` and return its results, awaiting those of ``async def`` implementations.
+
+    A ``Problem`` raised by a plugin passes through (it is the plugin's answer); any other exception
+    becomes a 500 ``Problem`` naming the plugin and the hook, so the caller's transaction rolls back
+    and the person reading the log knows where to look.
+    """
+    caller = getattr(pm.hook, name)
+    try:
+        results = caller(**kwargs)
+        if results is None or not isinstance(results, list):
+            return [_resolved(results)] if results is not None else []
+        return [_resolved(r) for r in results]
+    except Problem:
+        raise
+    except Exception as exc:
+        plugin = culprit(pm, name, exc)
+        log.exception("plugin %s failed in %s", plugin, name)
+        raise Problem(500, "Plugin failed", detail=f"plugin '{plugin}' failed in {name}: {type(exc).__name__}: "
+                      f"{exc}; nothing was changed") from exc
+
+
+def emit_event(pm: pluggy.PluginManager, name: str, **kwargs: Any) -> None:
+    """Call an after-commit event hook: failures are logged with the plugin's name, never raised
+    (the write is stored for good)."""
+    caller = getattr(pm.hook, name)
+    if not caller.get_hookimpls():
+        return
+    try:
+        call_hook(pm, name, **kwargs)
+    except Problem as problem:
+        log.error("event %s: %s", name, problem.detail or problem.title)
+
+
+def culprit(pm: pluggy.PluginManager, hook: str, exc: BaseException) -> str:
+    """The name of the plugin whose implementation of ``hook`` raised ``exc`` (from the traceback)."""
+    codes = {impl.function.__code__: impl.plugin_name for impl in getattr(pm.hook, hook).get_hookimpls()
+             if hasattr(impl.function, "__code__")}
+    found = None
+    tb = exc.__traceback__
+    while tb is not None:
+        found = codes.get(tb.tb_frame.f_code, found)
+        tb = tb.tb_next
+    return found or "unknown"
+
+
+def _resolved(value: Any) -> Any:
+    """The value of an awaitable result of an ``async def`` implementation; other values as they are."""
+    if not inspect.isawaitable(value):
+        return value
+
+    async def wait() -> Any:
+        return await value
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # a worker thread, or the command line: no loop here
+        return asyncio.run(wait())
+    with ThreadPoolExecutor(1) as pool:  # this thread runs a loop: await on another thread's loop
+        return pool.submit(asyncio.run, wait()).result()
+
+
+# --- what is loaded ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    name: str
+    origin: str  # built-in | entry point | loom.yaml | plugins/ folder | Python
+    where: str  # module file or object
+    hooks: tuple[str, ...]
+
+
+def describe_plugins(pm: pluggy.PluginManager, listed: Iterable[str] = ()) -> list[PluginInfo]:
+    """Every registered plugin: where it came from and which hooks it implements, in calling order."""
+    entry_points = {name for name, _ in pm.list_name_plugin() if any(
+        dist_plugin is pm.get_plugin(name) for dist_plugin, _ in pm.list_plugin_distinfo())}
+    listed = set(listed)
+    infos = []
+    for name, plugin in pm.list_name_plugin():
+        if plugin is None:
+            continue
+        hooks = tuple(sorted(caller.name for caller in pm.get_hookcallers(plugin) or ()))
+        origin = ("built-in" if name in DEFAULT_PLUGINS else "entry point" if name in entry_points else
+                  "loom.yaml" if name in listed else f"{LOCAL_PLUGINS}/ folder" if name.startswith(f"{LOCAL_PLUGINS}/")
+                  else "Python")
+        where = getattr(plugin, "__file__", None) or type(plugin).__name__
+        infos.append(PluginInfo(name, origin, str(where), hooks))
+    return infos

@@ -117,7 +117,8 @@ def entity_table(metadata: sa.MetaData, entity: Entity, manifest: Manifest) -> s
     for column in system:
         column.info["loom"] = f"{entity.name}.{column.name}"
     columns += system
-    table = sa.Table(entity.table, metadata, *columns, info={"loom": entity.name})
+    table = sa.Table(entity.table, metadata, *columns, info={"loom": entity.name},
+                     sqlite_autoincrement=True)  # ids of deleted records are never given out again
     for index in entity.indexes:
         cols = [table.c[entity.fields[f].column] for f in index.fields]
         if index.unique and index.name is None:

@@ -107,11 +107,12 @@ class Access:
         if any(r.scope == "all" and r.rule is None for r in reaches):
             result = None
         else:
-            result = self._row_filter(reaches)
+            result = self.filter_for(reaches)
         self._rows[cache_key] = result
         return result
 
-    def _row_filter(self, reaches) -> RowFilter:
+    def filter_for(self, reaches) -> RowFilter:
+        """The SQL of a set of reaches: any of them lets a row through."""
         params: dict[str, Any] = {}
         parts = []
         for i, reach in enumerate(reaches):
@@ -249,4 +250,4 @@ def _single(access: Access, reach) -> RowFilter | None:
     """The row filter of one reach alone (to say which one lets a record through)."""
     if reach.scope == "all" and reach.rule is None:
         return None
-    return access._row_filter((reach,))
+    return access.filter_for((reach,))

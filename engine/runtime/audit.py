@@ -52,7 +52,11 @@ def write_entries(conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
 def history_page(conn: sa.Connection, entity: Entity, record_id: int, *, limit: int,
                  before: int | None) -> tuple[list[dict[str, Any]], int | None]:
     """Entries of one record, newest first, and the id to continue before (or None on the last page)."""
-    stmt = sa.select(*_COLUMNS).where(AUDIT.c.entity == entity.name, AUDIT.c.record_id == record_id)
+    mine = (AUDIT.c.entity == entity.name, AUDIT.c.record_id == record_id)
+    # only the latest record with this id: a database that reused the id of a deleted record (SQLite
+    # tables made before Loom asked for AUTOINCREMENT) must not show the new record the old one's past
+    created = sa.select(sa.func.max(AUDIT.c.id)).where(*mine, AUDIT.c.action == "create").scalar_subquery()
+    stmt = sa.select(*_COLUMNS).where(*mine, AUDIT.c.id >= sa.func.coalesce(created, 0))
     if before is not None:
         stmt = stmt.where(AUDIT.c.id < before)
     rows = conn.execute(stmt.order_by(AUDIT.c.id.desc()).limit(limit + 1)).all()

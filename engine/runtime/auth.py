@@ -18,6 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from ..errors import Problem
+from ..plugins import call_hook
 from .access import Access, access_for
 from .context import Context, utcnow
 
@@ -62,6 +63,10 @@ class Auth:
     # --- requests --------------------------------------------------------------------------------
     def context(self, headers, cookies, *, channel: str = "api") -> Context:
         """The caller of a request; 401 when sign-in is required and the credentials are missing or bad."""
+        if self.loom.pm.hook.loom_current_user.get_hookimpls():
+            actor = call_hook(self.loom.pm, "loom_current_user", headers=headers, cookies=cookies)
+            if actor:
+                return self._plugin_user(int(actor[0]), channel)
         secret, kind = None, None
         authorization = headers.get("authorization", "")
         if authorization[:7].lower() == "bearer ":
@@ -73,6 +78,22 @@ class Auth:
             raise Problem(401, "Unauthorized", detail="sign in, or send 'Authorization: Bearer <token>' with a "
                           "valid API token" if not secret else "the session or token is invalid, expired or "
                           "revoked; sign in again", headers={"WWW-Authenticate": 'Bearer realm="loom"'})
+        return Context(actor=actor, channel=channel, access=access)
+
+    def _plugin_user(self, actor: int, channel: str) -> Context:
+        """A user a plugin identified: they must exist and be active."""
+        key = f"plugin:{actor}"
+        hit = self._cache.get(key)
+        if hit and hit[0] > time.monotonic():
+            return Context(actor=hit[1], channel=channel, access=hit[2])
+        users = self.user_table
+        with self.loom.engine.connect() as conn:
+            active = conn.execute(sa.select(users.c.active).where(users.c.id == actor)).scalar()
+            access = access_for(self.loom.policies, self.loom.records.store, conn, actor) if active else None
+        if not active:
+            raise Problem(401, "Unauthorized", detail="the signed-in user does not exist or is disabled")
+        with self._lock:
+            self._cache[key] = (time.monotonic() + CACHE_SECONDS, actor, access)
         return Context(actor=actor, channel=channel, access=access)
 
     def _caller(self, kind: str, secret: str) -> tuple[int | None, Access | None]:

@@ -21,6 +21,7 @@ from ..database import write_lock
 from ..errors import Problem, did_you_mean
 from ..fieldtypes import FieldValueError
 from ..manifest import Entity, Manifest
+from ..plugins import call_hook, emit_event
 from .access import describe_reach, forbidden
 from .audit import history_page, write_entries
 from .context import Context
@@ -61,10 +62,28 @@ class Records:
         with self.engine.connect() as conn:
             yield conn
 
-    def _hook(self, name: str):
-        """The hook caller, or None when no plugin implements it (saves the call on hot paths)."""
-        caller = getattr(self.pm.hook, name)
-        return caller if caller.get_hookimpls() else None
+    def _implemented(self, name: str) -> bool:
+        """Whether any plugin implements hook ``name`` (checking saves the call on hot paths)."""
+        return bool(getattr(self.pm.hook, name).get_hookimpls())
+
+    def _run(self, name: str, **kwargs: Any) -> list:
+        """Run a hook inside the write: a plugin's failure rolls the write back, naming the plugin."""
+        return call_hook(self.pm, name, **kwargs) if self._implemented(name) else []
+
+    def _check_record(self, ctx: Context, entity: Entity, operation: str, record: dict, old: dict | None) -> None:
+        """The plugins' last word before a write: vetoes (403), then whole-record checks (422)."""
+        if self._implemented("loom_permission_veto"):
+            reasons = [r for r in call_hook(self.pm, "loom_permission_veto", ctx=ctx, entity=entity,
+                                            operation=operation, record=record) if r]
+            if reasons:
+                raise forbidden("; ".join(str(r) for r in reasons))
+        if operation != "delete" and self._implemented("loom_validate_record"):
+            errors = [{"field": str(e.get("field", "")), "code": str(e.get("code", "invalid")),
+                       "message": str(e.get("message", ""))}
+                      for result in call_hook(self.pm, "loom_validate_record", ctx=ctx, entity=entity,
+                                              record=record, old=old) for e in result or ()]
+            if errors:
+                raise invalid(errors)
 
     # --- reading ---------------------------------------------------------------------------------
     def get(self, entity: Entity, record_id: int, ctx: Context, *, fields: list[str] | None = None,
@@ -171,27 +190,29 @@ class Records:
         if ctx.access is not None:
             ctx.access.require(entity, "create")
             ctx.access.check_writable(entity, data if isinstance(data, dict) else ())
-        values = self.checked(entity, data, partial=False)
+        values = self.checked(entity, data, partial=False, ctx=ctx)
         self._apply_defaults(entity, values, ctx)
         missing = [f for f in entity.user_fields if f.required and values.get(f.name) is None]
         if missing:
             raise invalid([_error(f.name, "required", "is required") for f in missing])
         try:
             with self.writing(ctx) as conn:
-                if hook := self._hook("loom_before_create"):
+                if self._implemented("loom_before_create"):
                     before = dict(values)
-                    hook(ctx=ctx, entity=entity, data=values)
+                    self._run("loom_before_create", ctx=ctx, entity=entity, data=values)
                     self._revalidate(entity, before, values)
                 self._check_references(conn, entity, values, ctx)
+                self._check_record(ctx, entity, "create", values, None)
                 values.update(created_at=ctx.now, updated_at=ctx.now, created_by=ctx.actor,
                               updated_by=ctx.actor, owner=values.get("owner", ctx.actor))
                 record = self.store.insert(conn, entity, values)
                 if self._write_links(conn, entity, record["id"], values):
                     self.store.attach_links(conn, entity, [record])
-                if hook := self._hook("loom_after_create"):
-                    hook(ctx=ctx, entity=entity, record=record)
+                self._run("loom_after_create", ctx=ctx, entity=entity, record=record)
         except IntegrityError as exc:
             raise self._integrity_problem(entity, exc, values) from None
+        if self._implemented("loom_record_created"):
+            emit_event(self.pm, "loom_record_created", ctx=ctx, entity=entity, record=record)
         return self._visible(ctx, entity, dump_record(entity, record))
 
     def update(self, entity: Entity, record_id: int, data: dict[str, Any], ctx: Context,
@@ -200,13 +221,13 @@ class Records:
         if ctx.access is not None:
             ctx.access.require(entity, "update")
             ctx.access.check_writable(entity, data if isinstance(data, dict) else ())
-        changes = self.checked(entity, data, partial=True, trusted=trusted)
+        changes = self.checked(entity, data, partial=True, trusted=trusted, ctx=ctx)
         try:
             with self.writing(ctx) as conn:
                 old = self._current(conn, entity, record_id, version, ctx, "update")
-                if hook := self._hook("loom_before_update"):
+                if self._implemented("loom_before_update"):
                     before = dict(changes)
-                    hook(ctx=ctx, entity=entity, old=dict(old), changes=changes)
+                    self._run("loom_before_update", ctx=ctx, entity=entity, old=dict(old), changes=changes)
                     self._revalidate(entity, before, changes)
                 if not changes:  # nothing to change: no new version, no conflict for others
                     return self._visible(ctx, entity, dump_record(entity, old))
@@ -214,15 +235,17 @@ class Records:
                 if cleared:
                     raise invalid([_error(n, "required", "is required and cannot be emptied") for n in cleared])
                 self._check_references(conn, entity, changes, ctx)
+                self._check_record(ctx, entity, "update", {**old, **changes}, old)
                 changes.update(updated_at=ctx.now, updated_by=ctx.actor)
                 if not self.store.update(conn, entity, record_id, old["version"], changes):
                     raise stale(entity, record_id, None)
                 self._write_links(conn, entity, record_id, changes)
                 record = self.store.fetch(conn, entity, record_id)
-                if hook := self._hook("loom_after_update"):
-                    hook(ctx=ctx, entity=entity, old=old, record=record)
+                self._run("loom_after_update", ctx=ctx, entity=entity, old=old, record=record)
         except IntegrityError as exc:
             raise self._integrity_problem(entity, exc, changes) from None
+        if self._implemented("loom_record_updated"):
+            emit_event(self.pm, "loom_record_updated", ctx=ctx, entity=entity, old=old, record=record)
         return self._visible(ctx, entity, dump_record(entity, record))
 
     def delete(self, entity: Entity, record_id: int, ctx: Context, version: int | None = None) -> None:
@@ -231,14 +254,15 @@ class Records:
         try:
             with self.writing(ctx) as conn:
                 old = self._current(conn, entity, record_id, version, ctx, "delete")
-                if hook := self._hook("loom_before_delete"):
-                    hook(ctx=ctx, entity=entity, record=dict(old))
+                self._run("loom_before_delete", ctx=ctx, entity=entity, record=dict(old))
+                self._check_record(ctx, entity, "delete", old, None)
                 if not self.store.delete(conn, entity, record_id, old["version"]):
                     raise stale(entity, record_id, None)
-                if hook := self._hook("loom_after_delete"):
-                    hook(ctx=ctx, entity=entity, record=old)
+                self._run("loom_after_delete", ctx=ctx, entity=entity, record=old)
         except IntegrityError:
             raise self._restrict_problem(entity, record_id) from None
+        if self._implemented("loom_record_deleted"):
+            emit_event(self.pm, "loom_record_deleted", ctx=ctx, entity=entity, record=old)
 
     def reassign(self, from_user: int, to_user: int, ctx: Context,
                  entities: list[Entity] | None = None) -> dict[str, int]:
@@ -286,8 +310,9 @@ class Records:
         if record is None:
             raise not_found(entity, record_id)
         access = ctx.access
+        if access is not None:
+            self._find(conn, entity, record_id, ctx)  # what the caller cannot read does not exist for them
         if access is not None and not self.store.in_rows(conn, entity, record_id, access.rows(entity, operation)):
-            self._find(conn, entity, record_id, ctx)
             verb = "change" if operation == "update" else operation
             raise forbidden(f"your roles allow you to {verb} only some {entity.name} records "
                             f"({describe_reach(access.policy.reach(entity.name, operation))}); "
@@ -301,9 +326,11 @@ class Records:
         return record
 
     # --- validation ------------------------------------------------------------------------------
-    def checked(self, entity: Entity, data: dict[str, Any], *, partial: bool, trusted: bool = False) -> dict[str, Any]:
-        """:meth:`validate`, and when that fails, also name the references that point nowhere, so
-        one answer lists every problem (the happy path leaves that check to the foreign keys)."""
+    def checked(self, entity: Entity, data: dict[str, Any], *, partial: bool, trusted: bool = False,
+                ctx: Context | None = None) -> dict[str, Any]:
+        """:meth:`validate`, and when that fails, also name the references that point nowhere (or, for
+        a restricted caller, at records they cannot read), so one answer lists every problem (the happy
+        path leaves that check to the foreign keys and :meth:`_check_references`)."""
         try:
             return self.validate(entity, data, partial=partial, trusted=trusted)
         except Problem as problem:
@@ -314,11 +341,16 @@ class Records:
                         refs[f.name] = (f.target, f.field_type.parse(f, data[f.name]))
                     except FieldValueError:
                         continue
+            access = ctx.access if ctx is not None else None
             if refs:
                 with self.reading() as conn:
-                    for name, (target, ref_id) in refs.items():
-                        if not self.store.exists(conn, self.manifest.entities[target], [ref_id]):
-                            problem.errors.append(_error(name, "not_found", f"no {target} with id {ref_id}"))
+                    for name, (target_name, ref_id) in refs.items():
+                        target = self.manifest.entities[target_name]
+                        rows = access.rows(target, "read") if access is not None and access.can(target, "read") \
+                            else None
+                        readable = access is None or access.can(target, "read")
+                        if not readable or not self.store.exists(conn, target, [ref_id], rows):
+                            problem.errors.append(_error(name, "not_found", f"no {target_name} with id {ref_id}"))
             raise
 
     def validate(self, entity: Entity, data: dict[str, Any], *, partial: bool, trusted: bool = False) -> dict[str, Any]:

@@ -67,7 +67,7 @@ def golden(text: str) -> str:
 def test_entity_table_on_sqlite(metadata):
     assert create_table(metadata, "account", "sqlite") == golden("""
         CREATE TABLE account (
-        id INTEGER NOT NULL,
+        id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT,
         name VARCHAR(200) NOT NULL,
         code VARCHAR(20),
         city VARCHAR(255),
@@ -82,7 +82,6 @@ def test_entity_table_on_sqlite(metadata):
         updated_by INTEGER,
         owner INTEGER,
         version INTEGER DEFAULT 1 NOT NULL,
-        CONSTRAINT pk_account PRIMARY KEY (id),
         CONSTRAINT uq_account_code UNIQUE (code),
         CONSTRAINT uq_account_name_city UNIQUE (name, city)
         )

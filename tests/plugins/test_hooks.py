@@ -1,4 +1,5 @@
-"""The first hooks: field types, before/after create/update/delete inside the write, app configuration.
+"""Every hook: field types, routes and app configuration, exceptions, the current user, before/after
+writes inside the transaction, vetoes and record checks, events after commit; failures named.
 
 Each hookspec has a test named ``test_hook_<name>``; ``test_every_hookspec_has_a_test`` keeps it so.
 """
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from litestar import get
+from litestar import Request, get
+from litestar.params import FromPath
 from litestar.testing import TestClient
 
 from loomcrm.engine import hookspecs
@@ -19,6 +21,7 @@ from loomcrm.engine.errors import Problem
 from loomcrm.engine.fieldtypes import FieldType, FieldValueError
 from loomcrm.engine.hookspecs import hookimpl
 from loomcrm.engine.runtime.context import Context
+from loomcrm.engine.testing import api_token
 
 CRM = """
 entities:
@@ -215,6 +218,196 @@ def test_a_plugin_can_replace_a_builtin_field_type(loom_factory):
 
     loom = loom_factory(CRM.replace("      iban: {type: iban}\n", ""), plugins=[Plugin()])
     assert loom.records.create(loom.entity("account"), {"name": "quiet"}, Context())["name"] == "QUIET"
+
+
+def test_hook_loom_routes(loom_factory):
+    class Plugin:
+        @hookimpl
+        def loom_routes(self, loom):
+            @get("/api/plugin/accounts-named/{name:str}", sync_to_thread=False)
+            def named(request: Request, name: FromPath[str]) -> dict:
+                from loomcrm.engine.runtime.query import parse_list_params
+
+                query = parse_list_params(loom.entity("account"), [("filter[name]", name)])
+                return loom.records.list(loom.entity("account"), query, loom.context(request))
+
+            return [named]
+
+    loom = loom_factory(CRM.replace("      iban: {type: iban}\n", ""), plugins=[Plugin()])
+    loom.records.create(loom.entity("account"), {"name": "Acme"}, Context())
+    with TestClient(loom.asgi()) as client:
+        assert client.get("/api/plugin/accounts-named/Acme").status_code == 401  # Loom's sign-in applies
+        client.headers["Authorization"] = f"Bearer {api_token(loom)}"
+        assert [r["name"] for r in client.get("/api/plugin/accounts-named/Acme").json()["data"]] == ["Acme"]
+
+
+def test_hook_loom_handle_exception(loom_factory):
+    class Conflict(Exception):
+        pass
+
+    class Plugin:
+        @hookimpl
+        def loom_configure_app(self, app_config, manifest):
+            @get("/plugin/boom", sync_to_thread=False)
+            def boom() -> None:
+                raise Conflict("the ledger is closed")
+
+            app_config.route_handlers.append(boom)
+
+        @hookimpl
+        def loom_handle_exception(self, exc):
+            if isinstance(exc, Conflict):
+                return Problem(409, "Ledger closed", detail=str(exc))
+            return None
+
+    loom = loom_factory(CRM.replace("      iban: {type: iban}\n", ""), plugins=[Plugin()])
+    with TestClient(loom.asgi()) as client:
+        answer = client.get("/plugin/boom")
+    assert answer.status_code == 409 and answer.json()["detail"] == "the ledger is closed"
+
+
+def test_hook_loom_current_user(loom_factory):
+    class TrustedProxy:
+        """Single sign-on: the proxy in front of Loom puts the user id in a header."""
+
+        @hookimpl
+        def loom_current_user(self, headers, cookies):
+            value = headers.get("x-remote-user-id")
+            return int(value) if value else None
+
+    loom = loom_factory(CRM.replace("      iban: {type: iban}\n", ""), plugins=[TrustedProxy()])
+    from loomcrm.engine.identity import Users
+
+    user = Users(loom).create("sso.user")
+    with TestClient(loom.asgi()) as client:
+        created = client.post("/api/accounts", json={"name": "Via SSO"}, headers={"X-Remote-User-Id": str(user["id"])})
+        assert created.status_code == 201 and created.json()["created_by"] == user["id"]
+        assert client.get("/api/accounts", headers={"X-Remote-User-Id": "99999"}).status_code == 401
+        assert client.get("/api/accounts").status_code == 401  # no header: Loom's own sign-in, none given
+
+
+class DealRules:
+    """Won deals cannot be deleted; a discount needs a reason; events are collected after commit."""
+
+    def __init__(self):
+        self.events: list[tuple[str, str, bool]] = []
+
+    @hookimpl
+    def loom_permission_veto(self, ctx, entity, operation, record):
+        if operation == "delete" and record.get("score") == 100:
+            return "won deals (score 100) cannot be deleted"
+        return None
+
+    @hookimpl
+    def loom_validate_record(self, ctx, entity, record, old):
+        if (record.get("score") or 0) > 50 and not record.get("name", "").startswith("Big"):
+            return [{"field": "name", "message": "a score above 50 needs a name starting with 'Big'"}]
+        return None
+
+    @hookimpl
+    def loom_record_created(self, ctx, entity, record):
+        self.events.append(("created", record["name"], ctx.conn is None))
+
+    @hookimpl
+    def loom_record_updated(self, ctx, entity, old, record):
+        self.events.append(("updated", record["name"], ctx.conn is None))
+
+    @hookimpl
+    def loom_record_deleted(self, ctx, entity, record):
+        self.events.append(("deleted", record["name"], ctx.conn is None))
+
+
+def rules_app(loom_factory):
+    plugin = DealRules()
+    return loom_factory(CRM.replace("      iban: {type: iban}\n", ""), plugins=[plugin]), plugin
+
+
+def test_hook_loom_permission_veto(loom_factory):
+    loom, _ = rules_app(loom_factory)
+    entity = loom.entity("account")
+    won = loom.records.create(entity, {"name": "Big win", "score": 100}, Context())
+    with pytest.raises(Problem) as info:
+        loom.records.delete(entity, won["id"], Context())
+    assert info.value.status == 403 and info.value.detail == "won deals (score 100) cannot be deleted"
+    assert names(loom) == ["Big win"]
+
+
+def test_hook_loom_validate_record(loom_factory):
+    loom, _ = rules_app(loom_factory)
+    entity = loom.entity("account")
+    with pytest.raises(Problem) as info:
+        loom.records.create(entity, {"name": "Small", "score": 60}, Context())
+    assert info.value.status == 422
+    assert info.value.errors == [{"field": "name", "code": "invalid",
+                                  "message": "a score above 50 needs a name starting with 'Big'"}]
+    record = loom.records.create(entity, {"name": "Small", "score": 10}, Context())
+    with pytest.raises(Problem):  # on update the check sees the whole record: old values plus changes
+        loom.records.update(entity, record["id"], {"score": 99}, Context())
+    assert loom.records.get(entity, record["id"], Context())["score"] == 10
+
+
+def test_hook_loom_record_created(loom_factory):
+    loom, plugin = rules_app(loom_factory)
+    loom.records.create(loom.entity("account"), {"name": "A"}, Context())
+    assert plugin.events == [("created", "A", True)]  # after commit: no open transaction
+
+
+def test_hook_loom_record_updated(loom_factory):
+    loom, plugin = rules_app(loom_factory)
+    record = loom.records.create(loom.entity("account"), {"name": "A"}, Context())
+    loom.records.update(loom.entity("account"), record["id"], {"name": "B"}, Context())
+    assert plugin.events[-1] == ("updated", "B", True)
+
+
+def test_hook_loom_record_deleted(loom_factory):
+    loom, plugin = rules_app(loom_factory)
+    record = loom.records.create(loom.entity("account"), {"name": "A"}, Context())
+    loom.records.delete(loom.entity("account"), record["id"], Context())
+    assert plugin.events[-1] == ("deleted", "A", True)
+
+
+def test_a_crashing_plugin_rolls_the_write_back_and_is_named(loom_factory):
+    class Scoring:
+        @hookimpl
+        def loom_after_create(self, ctx, entity, record):
+            raise ZeroDivisionError("division by zero")
+
+    loom = loom_factory(CRM.replace("      iban: {type: iban}\n", ""), plugins=[Scoring()])
+    with pytest.raises(Problem) as info:
+        loom.records.create(loom.entity("account"), {"name": "Half written?"}, Context())
+    assert info.value.status == 500
+    assert "failed in loom_after_create: ZeroDivisionError: division by zero; nothing was changed" in info.value.detail
+    assert "plugin 'unknown'" not in info.value.detail
+    assert names(loom) == []
+
+
+def test_a_failing_event_is_logged_and_the_write_stands(loom_factory, caplog):
+    class Notifier:
+        @hookimpl
+        def loom_record_created(self, ctx, entity, record):
+            raise ConnectionError("mail server down")
+
+    loom = loom_factory(CRM.replace("      iban: {type: iban}\n", ""), plugins=[Notifier()])
+    loom.records.create(loom.entity("account"), {"name": "Stored"}, Context())
+    assert names(loom) == ["Stored"]
+    assert "ConnectionError: mail server down" in caplog.text
+
+
+def test_async_hook_implementations_are_awaited(loom_factory):
+    class AsyncPlugin:
+        @hookimpl
+        async def loom_before_create(self, ctx, entity, data):
+            import asyncio
+
+            await asyncio.sleep(0)
+            if entity.name == "account":
+                data["score"] = 7
+
+    loom = loom_factory(CRM.replace("      iban: {type: iban}\n", ""), plugins=[AsyncPlugin()])
+    assert loom.records.create(loom.entity("account"), {"name": "A"}, Context())["score"] == 7
+    with TestClient(loom.asgi(sync_to_thread=False)) as client:  # handlers on the event loop too
+        client.headers["Authorization"] = f"Bearer {api_token(loom)}"
+        assert client.post("/api/accounts", json={"name": "B"}).json()["score"] == 7
 
 
 def test_every_hookspec_has_a_test_and_is_documented():
