@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import textwrap
 
-__all__ = ["make_loom", "project_files", "compile_files", "config_errors", "api_token"]
+__all__ = ["make_loom", "project_files", "compile_files", "config_errors", "api_token", "loom_app", "loom_client"]
 
 
 def project_files(entities_yaml: str, *, app: str = "app: {name: Test CRM, locales: [en, zh]}",
@@ -72,3 +72,54 @@ def api_token(loom, username: str = "tester", roles: list[str] | None = None) ->
         roles = list(loom.manifest.roles) if roles is None else roles
         user = users.create(username, "a long password used only in tests", **({"roles": roles} if roles else {}))
     return Auth(loom).create_token(user["id"], "tests").secret
+
+
+# --- pytest fixtures for plugin authors (this module is registered as a pytest plugin) -------------------
+try:
+    import pytest
+except ImportError:  # a production install without pytest: the helpers above still work
+    pytest = None
+
+if pytest is not None:
+
+    @pytest.fixture
+    def loom_app(tmp_path):
+        """Build an app from YAML on a fresh SQLite file; closed after the test::
+
+            def test_scoring(loom_app):
+                loom = loom_app('''
+                    entities:
+                      lead: {fields: {name: {type: string}, score: {type: integer}}}
+                ''', plugins=[scoring])
+
+        Pass entities YAML (a ``loom.yaml`` is made around it) or ``{path: text}`` for a whole project;
+        ``database_url=`` for another database.
+        """
+        apps = []
+
+        def build(config, *, plugins=(), database_url: str | None = None):
+            files = config if isinstance(config, dict) else project_files(config)
+            url = database_url or f"sqlite:///{tmp_path / f'loom-{len(apps)}.db'}"
+            app = make_loom(files, url, plugins=list(plugins))
+            apps.append(app)
+            return app
+
+        yield build
+        for app in apps:
+            app.close()
+
+    @pytest.fixture
+    def loom_client():
+        """``loom_client(loom, username="tester", roles=None)``: a litestar ``TestClient`` of the app,
+        signed in with an API token of that user (holding ``roles``; default: every role)."""
+        import contextlib
+
+        from litestar.testing import TestClient
+
+        with contextlib.ExitStack() as stack:
+            def client(app, username: str = "tester", roles: list[str] | None = None):
+                test_client = stack.enter_context(TestClient(app.asgi()))
+                test_client.headers["Authorization"] = f"Bearer {api_token(app, username, roles)}"
+                return test_client
+
+            yield client
