@@ -71,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--id", type=int, dest="record_id", help="with --user: the record id")
     p.add_argument("--database", help="database URL")
     command("plugins", "list the loaded plugins: where each comes from and which hooks it implements")
+    command("explain-config", "print the merged config (overlays included) with the file:line of every value")
     p = command("purge-audit", "delete audit rows older than audit.retain_days (or --days)")
     p.add_argument("--days", type=int, help="keep this many days instead of the config's retain_days")
     p.add_argument("--database", help="database URL")
@@ -292,6 +293,13 @@ def _plugins(args) -> int:
     return 0
 
 
+def _explain_config(args) -> int:
+    from .explain import explain_config
+
+    print(explain_config(args.project), end="")
+    return 0
+
+
 def _purge_audit(args) -> int:
     from .commands import purge_audit
 
@@ -413,7 +421,7 @@ def _openapi(args) -> int:
 
 
 COMMANDS = {"validate": _validate, "plan": _plan, "migrate": _migrate, "seed": _seed, "serve": _serve,
-            "user": _user, "team": _team, "access": _access, "reassign": _reassign, "plugins": _plugins, "purge-audit": _purge_audit, "schema": _schema, "openapi": _openapi}
+            "user": _user, "team": _team, "access": _access, "reassign": _reassign, "plugins": _plugins, "explain-config": _explain_config, "purge-audit": _purge_audit, "schema": _schema, "openapi": _openapi}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -51,10 +51,11 @@ def compile_project(path: str | os.PathLike, *, plugins: list | None = None) -> 
     from .loader import load_config
 
     loaded = load_config(path)
-    importable(loaded.project_dir)
+    for directory in reversed(loaded.project_dirs or (loaded.project_dir,)):  # a base's plugins too
+        importable(directory)
     pm = make_plugin_manager(
         [*loaded.project.plugins, *(plugins or [])],
-        where=loaded.project_source.where(("plugins",), key=True),
+        where=loaded.locate(("plugins",), key=True),
         project_dir=loaded.project_dir,
     )
     return compile_manifest(loaded, pm), pm
@@ -98,7 +99,7 @@ def compile_manifest(loaded: LoadedConfig, pm: pluggy.PluginManager) -> Manifest
         from_env = bool(os.environ.get(ENV_DATABASE_URL))
         culprit = f"${ENV_DATABASE_URL}" if from_env else "'database.url'"
         errors.append(ConfigError(
-            loaded.project_source.where(("database", "url")), "E112",
+            loaded.locate(("database", "url")), "E112",
             f"{culprit} is not a database URL SQLAlchemy can read" + ("" if from_env else f" (got {database.url!r})"),
             "e.g. sqlite:///crm.db or postgresql+psycopg://user:password@host/crm"))
     if errors:
@@ -120,7 +121,7 @@ def compile_manifest(loaded: LoadedConfig, pm: pluggy.PluginManager) -> Manifest
 def _check_app(loaded: LoadedConfig, errors: list[ConfigError]) -> None:
     """What the runtime relies on: a real time zone, a known phone region, distinct language tags."""
     app = loaded.project.app
-    where = loaded.project_source.where
+    where = loaded.locate
     try:
         zoneinfo.ZoneInfo(app.timezone)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):

@@ -5,7 +5,7 @@ Config error codes:
 ====  ===========================================================================
 E100  YAML syntax error
 E101  duplicate key in a mapping
-E102  include pattern matched no file / file not found
+E102  include pattern matched no file / file not found (also a base config named by extends:)
 E110  unknown key (or a label locale the app does not have)
 E111  missing required key
 E112  value of the wrong type or out of range
@@ -19,9 +19,11 @@ E125  reference to a field that does not exist
 E126  option does not apply to this field type
 E127  invalid default value
 E128  invalid enum options
-E129  contradictory options
+E129  contradictory options; roles that inherit, or configs that extend, in a circle
 E130  plugin could not be loaded
 E131  row rule (`where:`) Loom cannot check or run in SQL
+E132  overlay conflict: a base field's type or ref target, or an entity's plural, changed or clashing
+E133  bad `remove:` entry: names nothing in the base config, or not a thing remove: can take
 ====  ===========================================================================
 """
 

@@ -2,7 +2,10 @@
 
 ``load_config(path)`` reads ``loom.yaml`` and the files it includes, validates each against
 :class:`~loomcrm.schemas.ConfigFileSpec` (see :mod:`.validation`) and returns a :class:`LoadedConfig`.
-Every error carries ``file:line:col``; all of them are collected and raised together as
+A project that says ``extends: <base>`` is read on top of its base, which is read first the same way
+(with its own includes, and its own base); :mod:`.overlays` merges them. Every error carries
+``file:line:col``, with file names relative to the project directory (a base's file reads
+``../sales/entities/account.yaml``); all of them are collected and raised together as
 :class:`ConfigErrors`.
 """
 
@@ -10,7 +13,10 @@ from __future__ import annotations
 
 import fnmatch
 import glob
+import importlib.util
 import os
+import posixpath
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +29,8 @@ from loomcrm.schemas import ConfigFileSpec, EntitySpec
 from loomcrm.schemas.security import RoleSpec
 
 from .errors import ConfigError, ConfigErrors, Location, did_you_mean
-from .validation import validate_file
+from .overlays import Provenance, Tree, has_path, merge_trees, remove_paths, union_of_files
+from .validation import validate_file, validate_tree
 
 __all__ = ["LoadedConfig", "SourceFile", "load_config", "load_config_text", "find_project_file"]
 
@@ -56,7 +63,14 @@ class SourceFile:
 
 @dataclass
 class LoadedConfig:
-    """The validated project: merged spec plus where each entity came from."""
+    """The validated project: merged specs, and where each of their values was written.
+
+    :ivar tree: the merged config as plain data (what the files say, before defaults).
+    :ivar provenance: for every value of ``tree``, the file and place it was written at.
+    :ivar sources: every file read, a base's before the files of the project that extends it.
+    :ivar project_dirs: the project's directory, then those of the configs it extends (nearest first).
+    :ivar entity_sources: per entity (and ``role_sources`` per role), the file that defined it first.
+    """
 
     project_dir: Path
     project: ConfigFileSpec
@@ -65,15 +79,29 @@ class LoadedConfig:
     project_source: SourceFile
     roles: dict[str, RoleSpec] = field(default_factory=dict)
     role_sources: dict[str, SourceFile] = field(default_factory=dict)
+    provenance: Provenance | None = None
+    tree: dict[str, Any] = field(default_factory=dict)
+    sources: tuple[SourceFile, ...] = ()
+    project_dirs: tuple[Path, ...] = ()
+
+    def locate(self, path: Path_, *, key: bool = False) -> Location:
+        """Location of the value at ``path`` of the merged config (or its key), in the file that wrote it."""
+        if self.provenance is None:
+            return self.project_source.where(tuple(path), key=key)
+        return self.provenance.where(tuple(path), key=key)
 
     def where_role(self, role: str, *path: Any, key: bool = False) -> Location:
         """Location of ``roles.<role>.<path...>``."""
-        return self.role_sources.get(role, self.project_source).where(("roles", role, *path), key=key)
+        if self.provenance is None:
+            return self.role_sources.get(role, self.project_source).where(("roles", role, *path), key=key)
+        return self.provenance.where(("roles", role, *path), key=key)
 
     def where(self, entity: str, *path: Any, key: bool = False) -> Location:
-        """Location of ``entities.<entity>.<path...>`` in whichever file defined the entity."""
-        source = self.entity_sources.get(entity, self.project_source)
-        return source.where(("entities", entity, *path), key=key)
+        """Location of ``entities.<entity>.<path...>`` in whichever file wrote that value."""
+        if self.provenance is None:
+            source = self.entity_sources.get(entity, self.project_source)
+            return source.where(("entities", entity, *path), key=key)
+        return self.provenance.where(("entities", entity, *path), key=key)
 
 
 def find_project_file(path: str | os.PathLike) -> Path:
@@ -96,52 +124,81 @@ def load_config(path: str | os.PathLike) -> LoadedConfig:
                 )
             ]
         )
-    texts = {PROJECT_FILE: project_file.read_text(encoding="utf-8")}
-    return _load(project_dir, project_file.name, texts, _DirectoryFiles(project_dir))
+    return _load(project_dir, project_file.name, _DirectoryFiles(project_dir))
 
 
 def load_config_text(files: dict[str, str], project_dir: str | os.PathLike = ".") -> LoadedConfig:
     """Load a config from in-memory texts, ``{"loom.yaml": ..., "entities/a.yaml": ...}`` (for tests).
 
     Include patterns match the names as they would match files on disk (``*`` stays within one
-    directory, ``**`` spans several).
+    directory, ``**`` spans several). A base config may be given the same way: ``extends: ../sales``
+    reads ``../sales/loom.yaml`` from ``files``; an installed package named by ``extends:`` is read
+    from disk.
     """
-    return _load(Path(project_dir), PROJECT_FILE, {PROJECT_FILE: files[PROJECT_FILE]}, _MemoryFiles(files))
+    return _load(Path(project_dir), PROJECT_FILE, _MemoryFiles(files, Path(project_dir)))
+
+
+# --- where files come from: disk, or a dict of texts ------------------------------------------------------
+# Both name a file by its path relative to the project directory, in POSIX form ('../sales/loom.yaml').
 
 
 class _MemoryFiles:
-    def __init__(self, files: dict[str, str]):
-        self.files = {n: t for n, t in files.items() if n != PROJECT_FILE}
+    def __init__(self, files: dict[str, str], project_dir: Path):
+        self.files = {posixpath.normpath(n): t for n, t in files.items()}
+        self.project_dir = project_dir
 
-    def matching(self, pattern: str) -> list[tuple[str, str]]:
-        parts = pattern.removeprefix("./").split("/")
-        return [(n, t) for n, t in sorted(self.files.items()) if _glob_match(n.split("/"), parts)]
+    def read(self, name: str) -> str | None:
+        return self.files.get(name)
 
-    def names(self) -> list[str]:
-        return sorted(self.files)
+    def is_file(self, name: str) -> bool:
+        return name in self.files
+
+    def identity(self, name: str) -> str:
+        return name
+
+    def matching(self, directory: str, pattern: str) -> list[str]:
+        parts = posixpath.normpath(posixpath.join(directory, pattern)).split("/")
+        return [n for n in sorted(self.files) if posixpath.basename(n) != PROJECT_FILE
+                and _glob_match(n.split("/"), parts)]
+
+    def names(self, directory: str) -> list[str]:
+        prefix = f"{directory}/" if directory else ""
+        return sorted(n.removeprefix(prefix) for n in self.files
+                      if n.startswith(prefix) and posixpath.basename(n) != PROJECT_FILE)
 
 
 class _DirectoryFiles:
     def __init__(self, project_dir: Path):
-        self.project_dir = project_dir
+        self.project_dir = Path(os.path.abspath(project_dir))
 
-    def matching(self, pattern: str) -> list[tuple[str, str]]:
+    def path(self, name: str) -> Path:
+        return Path(os.path.normpath(self.project_dir / name))
+
+    def read(self, name: str) -> str | None:
+        path = self.path(name)
+        return path.read_text(encoding="utf-8") if path.is_file() else None
+
+    def is_file(self, name: str) -> bool:
+        return self.path(name).is_file()
+
+    def identity(self, name: str) -> str:
+        return os.path.realpath(self.path(name))
+
+    def name_of(self, path: str | os.PathLike) -> str:
+        return Path(os.path.relpath(os.path.abspath(path), self.project_dir)).as_posix()
+
+    def matching(self, directory: str, pattern: str) -> list[str]:
         found = []
-        for match in sorted(glob.glob(str(self.project_dir / pattern), recursive=True)):
+        for match in sorted(glob.glob(str(self.path(directory) / pattern), recursive=True)):
             p = Path(match)
             if p.is_file() and p.name != PROJECT_FILE:
-                found.append((self._relative(p), p.read_text(encoding="utf-8")))
+                found.append(self.name_of(p))
         return found
 
-    def names(self) -> list[str]:
-        files = [*self.project_dir.glob("**/*.yaml"), *self.project_dir.glob("**/*.yml")]
-        return sorted(self._relative(p) for p in files if p.name != PROJECT_FILE)
-
-    def _relative(self, p: Path) -> str:
-        try:
-            return p.resolve().relative_to(self.project_dir.resolve()).as_posix()
-        except ValueError:  # included from outside the project directory
-            return p.as_posix()
+    def names(self, directory: str) -> list[str]:
+        root = self.path(directory)
+        files = [*root.glob("**/*.yaml"), *root.glob("**/*.yml")]
+        return sorted(Path(os.path.relpath(p, root)).as_posix() for p in files if p.name != PROJECT_FILE)
 
 
 def _glob_match(names: list[str], parts: list[str]) -> bool:
@@ -153,57 +210,152 @@ def _glob_match(names: list[str], parts: list[str]) -> bool:
     return bool(names) and fnmatch.fnmatchcase(names[0], parts[0]) and _glob_match(names[1:], parts[1:])
 
 
-def _load(project_dir: Path, project_name: str, texts: dict[str, str], files) -> LoadedConfig:
+MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+def _find_base(extends: str, directory: str, files) -> tuple[str, Any] | None:
+    """The project file ``extends:`` names, and how to read it: a path first, then an installed package."""
+    candidate = posixpath.normpath(posixpath.join(directory, extends))
+    for name in (candidate, posixpath.normpath(posixpath.join(candidate, PROJECT_FILE))):
+        if files.is_file(name):
+            return (files.name_of(files.path(name)) if isinstance(files, _DirectoryFiles) else name), files
+    if not MODULE_NAME.match(extends):
+        return None
+    try:
+        spec = importlib.util.find_spec(extends)
+    except (ImportError, ValueError):
+        spec = None
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(location) / PROJECT_FILE
+        if path.is_file():
+            disk = files if isinstance(files, _DirectoryFiles) else _DirectoryFiles(files.project_dir)
+            return disk.name_of(path), disk
+    return None
+
+
+# --- reading a project, and the configs it extends ------------------------------------------------------
+
+
+@dataclass
+class _Layer:
+    """One config of an ``extends:`` chain: its files (project file first), merged onto its base's."""
+
+    project: SourceFile
+    spec: ConfigFileSpec | None  # None when invalid, or when it names base things partially
+    sources: list[tuple[SourceFile, ConfigFileSpec | None]]
+    directory: str  # relative to the top project's directory
+    base: _Layer | None
+    tree: Tree
+
+    def chain(self) -> list[_Layer]:
+        """This layer, then its base, its base's base..."""
+        return [self, *(self.base.chain() if self.base else [])]
+
+
+def _load(project_dir: Path, project_name: str, files) -> LoadedConfig:
     errors: list[ConfigError] = []
-    project_source = parse_yaml(project_name, texts[PROJECT_FILE], errors)
-    project_spec = validate_file(project_source, errors, is_project=True)
-
-    sources = [(project_source, project_spec)]
-    seen = {project_name}
-    include = project_spec.include if project_spec else _raw_include(project_source)
-    for i, pattern in enumerate(include):
-        matched = files.matching(pattern)
-        if not matched:
-            errors.append(
-                ConfigError(
-                    project_source.where(("include", i)),
-                    "E102",
-                    f"include pattern '{pattern}' matched no file",
-                    did_you_mean(pattern, files.names())
-                    or "patterns are relative to loom.yaml, e.g. 'entities/*.yaml'",
-                )
-            )
-        for name, text in matched:
-            if name in seen:
-                continue
-            seen.add(name)
-            source = parse_yaml(name, text, errors)
-            sources.append((source, validate_file(source, errors, is_project=False)))
-
-    entities, entity_sources = _collect(sources, "entities", "entity", errors)
-    roles, role_sources = _collect(sources, "roles", "role", errors)
+    layer = _read_layer(project_name, files.read(project_name) or "", files, errors, (), set())
+    layers = layer.chain()
+    if layer.base is None:
+        # the files' own specs are the config: no second validation of a large project
+        project_spec = layer.spec
+        entities, entity_sources = _first_defined(layer.sources, "entities")
+        roles, role_sources = _first_defined(layer.sources, "roles")
+    else:
+        project_spec = None if errors else validate_tree(layer.tree, errors)
+        entities = dict(project_spec.entities) if project_spec else {}
+        roles = dict(project_spec.roles) if project_spec else {}
+        origin = layer.tree.provenance.origin_of
+        entity_sources = {name: origin(("entities", name))[0] for name in entities}
+        role_sources = {name: origin(("roles", name))[0] for name in roles}
     if errors:
         raise ConfigErrors(errors)
     assert project_spec is not None
-    return LoadedConfig(project_dir, project_spec, entities, entity_sources, project_source, roles, role_sources)
+    return LoadedConfig(
+        project_dir, project_spec, entities, entity_sources, layer.project, roles, role_sources,
+        provenance=layer.tree.provenance, tree=layer.tree.data,
+        sources=tuple(source for each in reversed(layers) for source, _ in each.sources),
+        project_dirs=tuple(Path(os.path.normpath(project_dir / each.directory)) for each in layers),
+    )
 
 
-def _collect(sources, key: str, kind: str, errors: list[ConfigError]) -> tuple[dict, dict[str, SourceFile]]:
-    """The named items under ``key`` across all files; a name defined twice is an error naming both."""
+def _read_layer(name: str, text: str, files, errors: list[ConfigError], chain: tuple[tuple[str, str], ...],
+                read: set[str]) -> _Layer:
+    """Read one project file, the config it extends (first), and the files it includes."""
+    project = parse_yaml(name, text, errors)
+    read.add(files.identity(name))
+    directory = posixpath.dirname(name)
+    data = project.data if isinstance(project.data, dict) else {}
+    base = _read_base(project, data.get("extends"), directory, files, errors,
+                      (*chain, (files.identity(name), name)), read)
+    base_tree = remove_paths(base.tree, project, errors) if base else None
+    if base_tree is not None:
+        def provided(path: Path_) -> bool:
+            return has_path(base_tree.data, path)
+    else:  # without a base there is nothing to fill in, unless the base could not be read (reported)
+        provided = (lambda path: True) if "extends" in data else None
+        if data.get("remove") and "extends" not in data:
+            errors.append(ConfigError(project.where(("remove",), key=True), "E133",
+                                      "'remove' takes things out of the base config, and there is none",
+                                      "name the base with 'extends:', or delete what you do not want"))
+    spec = validate_file(project, errors, is_project=True, provided=provided)
+    sources = [(project, spec)]
+    for i, pattern in enumerate(_raw_include(project)):
+        matched = files.matching(directory, pattern)
+        if not matched:
+            errors.append(
+                ConfigError(
+                    project.where(("include", i)),
+                    "E102",
+                    f"include pattern '{pattern}' matched no file",
+                    did_you_mean(pattern, files.names(directory))
+                    or "patterns are relative to loom.yaml, e.g. 'entities/*.yaml'",
+                )
+            )
+        for included in matched:
+            if files.identity(included) in read:  # matched twice, or a base's file
+                continue
+            read.add(files.identity(included))
+            source = parse_yaml(included, files.read(included) or "", errors)
+            sources.append((source, validate_file(source, errors, is_project=False, provided=provided)))
+    own = union_of_files(project, [source for source, _ in sources[1:]], errors)
+    tree = merge_trees(base_tree, own, errors) if base_tree is not None else own
+    return _Layer(project, spec, sources, directory, base, tree)
+
+
+def _read_base(project: SourceFile, extends: Any, directory: str, files, errors: list[ConfigError],
+               chain: tuple[tuple[str, str], ...], read: set[str]) -> _Layer | None:
+    if not isinstance(extends, str) or not extends:
+        return None  # validation says what 'extends' must be
+    found = _find_base(extends, directory, files)
+    if found is None:
+        errors.append(ConfigError(project.where(("extends",)), "E102", f"base config '{extends}' not found",
+                                  "'extends' takes a directory holding loom.yaml or a loom.yaml path, relative "
+                                  "to this file, or the name of an installed Python package holding loom.yaml"))
+        return None
+    name, base_files = found
+    identity = base_files.identity(name)
+    if identity in {seen for seen, _ in chain}:
+        circle = " -> ".join([*(shown for _, shown in chain), name])
+        errors.append(ConfigError(project.where(("extends",)), "E129",
+                                  f"configs extend each other in a circle: {circle}",
+                                  "remove the 'extends:' of one of them"))
+        return None
+    return _read_layer(name, base_files.read(name) or "", base_files, errors, chain, read)
+
+
+def _first_defined(sources, key: str) -> tuple[dict, dict[str, SourceFile]]:
+    """The named items under ``key`` across valid files; the first definition of a name wins (a
+    second one is an error, reported by :func:`~.overlays.union_of_files`)."""
     items: dict[str, Any] = {}
     where: dict[str, SourceFile] = {}
     for source, spec in sources:
         if spec is None:
             continue
         for name, item in getattr(spec, key).items():
-            if name in items:
-                first = where[name].where((key, name), key=True)
-                errors.append(ConfigError(source.where((key, name), key=True), "E123",
-                                          f"{kind} '{name}' is defined twice (first at {first})",
-                                          "rename one of them, or merge them into one definition"))
-                continue
-            items[name] = item
-            where[name] = source
+            if name not in items:
+                items[name] = item
+                where[name] = source
     return items, where
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -23,14 +23,21 @@ from .errors import ConfigError, did_you_mean
 
 if TYPE_CHECKING:
     from .loader import SourceFile
+    from .overlays import Tree
 
-__all__ = ["validate_file", "located_errors", "describe_path"]
+__all__ = ["validate_file", "validate_tree", "located_errors", "describe_path"]
 
 Path_ = tuple[Any, ...]
 
 
-def validate_file(source: SourceFile, errors: list[ConfigError], *, is_project: bool) -> ConfigFileSpec | None:
-    """Validate one parsed file against ConfigFileSpec, turning pydantic errors into located ones."""
+def validate_file(source: SourceFile, errors: list[ConfigError], *, is_project: bool,
+                  provided: Callable[[Path_], bool] | None = None) -> ConfigFileSpec | None:
+    """Validate one parsed file against ConfigFileSpec, turning pydantic errors into located ones.
+
+    A file of an overlay may name base things partially (``phone: {label: Tel}``, without ``type``):
+    a required key missing at a path where ``provided(path)`` is true comes from the base, and is no
+    error. Such a file gives no spec of its own (None); its values are validated merged.
+    """
     if source.data is None:
         return None
     if not isinstance(source.data, dict):
@@ -58,7 +65,7 @@ def validate_file(source: SourceFile, errors: list[ConfigError], *, is_project: 
                         f"move '{key}:' to loom.yaml; included files may hold 'entities:'",
                     )
                 )
-    elif source.data.get("app") is None:
+    elif source.data.get("app") is None and ("app" in source.data or "extends" not in source.data):
         ok = False
         errors.append(
             ConfigError(
@@ -72,9 +79,18 @@ def validate_file(source: SourceFile, errors: list[ConfigError], *, is_project: 
         spec = ConfigFileSpec.model_validate(source.data)
     except ValidationError as exc:
         # inside a misplaced project-only key, E113 already says what to do
-        errors.extend(located_errors(exc, source, skip=misplaced))
+        errors.extend(located_errors(exc, source, skip=misplaced, provided=provided))
         return None
     return spec if ok else None
+
+
+def validate_tree(tree: Tree, errors: list[ConfigError]) -> ConfigFileSpec | None:
+    """Validate a merged config (:class:`~.overlays.Tree`); each error points at the file that said it."""
+    try:
+        return ConfigFileSpec.model_validate(tree.data)
+    except ValidationError as exc:
+        errors.extend(located_errors(exc, tree))
+        return None
 
 
 @dataclass(frozen=True)
@@ -94,13 +110,21 @@ class _Issue:
     members: tuple[str, ...] = ()
 
 
-def located_errors(exc: ValidationError, source: SourceFile, *, skip: Iterable[str] = ()) -> list[ConfigError]:
+def located_errors(exc: ValidationError, source: SourceFile, *, skip: Iterable[str] = (),
+                   provided: Callable[[Path_], bool] | None = None) -> list[ConfigError]:
     """pydantic's errors as ConfigErrors with file:line:col, one per problem a person must fix.
 
-    Errors under the top-level keys in ``skip`` are left out.
+    Errors under the top-level keys in ``skip`` are left out, and so are missing keys that
+    ``provided`` says the base config has (see :func:`validate_file`).
     """
     issues = _resolve_unions([_issue(source.data, err) for err in exc.errors()])
-    return [_config_error(source, i) for i in issues if not (i.path and i.path[0] in set(skip))]
+    return [_config_error(source, i) for i in issues if not (i.path and i.path[0] in set(skip))
+            and not (provided and i.type == "missing" and _by_name(i.path) and provided(i.path))]
+
+
+def _by_name(path: Path_) -> bool:
+    """True for paths of mapping keys only: list items of an overlay are its own, never the base's."""
+    return not any(isinstance(part, int) for part in path)
 
 
 def _issue(data: Any, err: dict) -> _Issue:

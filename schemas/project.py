@@ -53,9 +53,17 @@ class AuthSpec(SpecModel):
 
 
 class ConfigFileSpec(SpecModel):
-    """Any Loom config file. Only the project file (loom.yaml) may set app, include, database, plugins."""
+    """Any Loom config file. Only the project file (loom.yaml) may set app, extends, remove, include,
+    database, plugins, audit and auth."""
 
     app: AppSpec | None = None
+    extends: str | None = Field(
+        None, description="The base config this one builds on, without editing it: a directory holding "
+        "loom.yaml or a loom.yaml path (relative to this file), or an installed Python package whose "
+        "directory holds loom.yaml. This project's files are merged on top of the base.")
+    remove: list[str] = Field(
+        default_factory=list, description="What to take out of the base, as dotted paths: entities.E, "
+        "entities.E.fields.F, entities.E.fields.F.options.V, roles.R, roles.R.entities.E, roles.R.fields.E.F.")
     include: list[str] = Field(default_factory=list, description="Glob patterns, relative to loom.yaml.")
     database: DatabaseSpec | None = None
     plugins: list[str] = Field(default_factory=list, description="Python modules or entry-point names.")
@@ -66,4 +74,4 @@ class ConfigFileSpec(SpecModel):
 
 
 #: Keys that mean something only in the project file.
-PROJECT_ONLY_KEYS = ("app", "include", "database", "plugins", "audit", "auth")
+PROJECT_ONLY_KEYS = ("app", "extends", "remove", "include", "database", "plugins", "audit", "auth")

@@ -31,7 +31,8 @@ def tables(path: Path) -> set[str]:
     if not path.exists():
         return set()
     with sqlite3.connect(path) as conn:
-        return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
+                                           "AND name NOT LIKE 'sqlite_%'")}
 
 
 def run(capsys, *args) -> tuple[int, str, str]:
@@ -175,3 +176,10 @@ def test_purge_audit_uses_the_configured_retention(capsys, project):
     (project / "loom.yaml").write_text((project / "loom.yaml").read_text() + "audit: {retain_days: 30}\n")
     code, out, _ = run(capsys, "-p", project, "purge-audit")
     assert code == 0 and out.strip() == "deleted 0 audit rows"
+
+
+def test_explain_config_names_the_file_and_line_of_every_value(capsys):
+    code, out, _ = run(capsys, "-p", ROOT / "examples" / "acme", "explain-config")
+    assert code == 0
+    assert any(line.startswith("  name: Acme CRM") and line.endswith("# loom.yaml:7:9") for line in out.splitlines())
+    assert "# ../sales/entities/account.yaml:" in out
