@@ -36,7 +36,7 @@ from .names import (
     humanize,
     pluralize,
 )
-from .plugins import field_types, make_plugin_manager
+from .plugins import call_hook, field_types, make_plugin_manager
 from .policy import compile_roles
 from .validation import describe_path
 
@@ -56,7 +56,7 @@ def compile_project(path: str | os.PathLike, *, plugins: list | None = None) -> 
     pm = make_plugin_manager(
         [*loaded.project.plugins, *(plugins or [])],
         where=loaded.locate(("plugins",), key=True),
-        project_dir=loaded.project_dir,
+        project_dirs=list(reversed(loaded.project_dirs or (loaded.project_dir,))),  # a base's plugins/ first
     )
     return compile_manifest(loaded, pm), pm
 
@@ -104,7 +104,7 @@ def compile_manifest(loaded: LoadedConfig, pm: pluggy.PluginManager) -> Manifest
             "e.g. sqlite:///crm.db or postgresql+psycopg://user:password@host/crm"))
     if errors:
         raise ConfigErrors(errors)
-    return Manifest(
+    manifest = Manifest(
         app_name=app.name,
         locales=tuple(app.locales),
         timezone=app.timezone,
@@ -116,6 +116,23 @@ def compile_manifest(loaded: LoadedConfig, pm: pluggy.PluginManager) -> Manifest
         auth=(loaded.project.auth or AuthSpec()).model_dump(),
         roles=roles,
     )
+    _plugin_checks(loaded, manifest, pm)
+    return manifest
+
+
+def _plugin_checks(loaded: LoadedConfig, manifest: Manifest, pm: pluggy.PluginManager) -> None:
+    """The project's own rules about its config (``loom_check_config``), reported like Loom's (E134)."""
+    errors = []
+    for problems in call_hook(pm, "loom_check_config", manifest=manifest):
+        for problem in problems or ():
+            entity, field = problem.get("entity"), problem.get("field")
+            if entity in manifest.entities:
+                where = loaded.where(entity, *(("fields", field) if field else ()), key=True)
+            else:
+                where = loaded.locate(())
+            errors.append(ConfigError(where, "E134", str(problem.get("message", "")), problem.get("hint")))
+    if errors:
+        raise ConfigErrors(errors)
 
 
 def _check_app(loaded: LoadedConfig, errors: list[ConfigError]) -> None:

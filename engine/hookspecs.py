@@ -55,6 +55,19 @@ def loom_field_types() -> list[FieldType]:
     """
 
 
+@hookspec
+def loom_check_config(manifest: Manifest) -> list[dict[str, str]] | None:
+    """Add the project's own rules about its config, checked by ``loom validate`` and at every start.
+
+    Called once the config compiled without errors. Problems are reported like Loom's own config
+    errors (code E134), at the file and line of the entity or field they name.
+
+    :param manifest: the compiled CRM.
+    :return: problems as ``{"entity": ..., "field": ... (optional), "message": ..., "hint": ...
+        (optional)}``, or None.
+    """
+
+
 # -------------------------------------------------------------------------------------------------
 # generate: while the web application is built from the Manifest
 # -------------------------------------------------------------------------------------------------

@@ -34,10 +34,10 @@ log = logging.getLogger("loomcrm.plugins")
 
 def make_plugin_manager(
     plugins: Iterable[str | object] = (), *, entry_points: bool = True, where: Location | None = None,
-    project_dir: str | Path | None = None,
+    project_dirs: Iterable[str | Path] = (),
 ) -> pluggy.PluginManager:
     """Build a plugin manager with the built-in plugins, installed entry points, ``plugins`` and the
-    modules in the project's ``plugins/`` folder.
+    modules in the ``plugins/`` folder of each of ``project_dirs`` (a base config's, then the project's).
 
     ``plugins`` holds module paths (as written under ``plugins:`` in loom.yaml) or plugin objects.
     A module that cannot be imported stops here with a config error naming it.
@@ -49,8 +49,9 @@ def make_plugin_manager(
     if entry_points:
         pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
     errors = []
-    if project_dir is not None:
-        errors += _load_local(pm, Path(project_dir))
+    dirs = [Path(d) for d in project_dirs]
+    for i, project_dir in enumerate(dirs):  # a base's plugins are named after its folder: sales/plugins/x.py
+        errors += _load_local(pm, project_dir, "" if i == len(dirs) - 1 else f"{project_dir.name}/")
     for plugin in plugins:
         if isinstance(plugin, str):
             if pm.has_plugin(plugin):
@@ -75,14 +76,14 @@ def make_plugin_manager(
     return pm
 
 
-def _load_local(pm: pluggy.PluginManager, project_dir: Path) -> list[ConfigError]:
-    """Register every module of ``<project>/plugins/`` under the name ``plugins/<file>``."""
+def _load_local(pm: pluggy.PluginManager, project_dir: Path, prefix: str = "") -> list[ConfigError]:
+    """Register every module of ``<project>/plugins/`` under the name ``<prefix>plugins/<file>``."""
     errors = []
     folder = project_dir / LOCAL_PLUGINS
     for path in sorted(folder.glob("*.py")) if folder.is_dir() else []:
         if path.name.startswith("_"):
             continue
-        name = f"{LOCAL_PLUGINS}/{path.name}"
+        name = f"{prefix}{LOCAL_PLUGINS}/{path.name}"
         module_name = f"loom_local_plugins.{abs(hash(str(folder)))}.{path.stem}"
         try:
             spec = importlib.util.spec_from_file_location(module_name, path)
@@ -207,7 +208,7 @@ def describe_plugins(pm: pluggy.PluginManager, listed: Iterable[str] = ()) -> li
             continue
         hooks = tuple(sorted(caller.name for caller in pm.get_hookcallers(plugin) or ()))
         origin = ("built-in" if name in DEFAULT_PLUGINS else "entry point" if name in entry_points else
-                  "loom.yaml" if name in listed else f"{LOCAL_PLUGINS}/ folder" if name.startswith(f"{LOCAL_PLUGINS}/")
+                  "loom.yaml" if name in listed else f"{LOCAL_PLUGINS}/ folder" if f"{LOCAL_PLUGINS}/" in name
                   else "Python")
         where = getattr(plugin, "__file__", None) or type(plugin).__name__
         infos.append(PluginInfo(name, origin, str(where), hooks))

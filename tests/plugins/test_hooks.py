@@ -220,6 +220,21 @@ def test_a_plugin_can_replace_a_builtin_field_type(loom_factory):
     assert loom.records.create(loom.entity("account"), {"name": "quiet"}, Context())["name"] == "QUIET"
 
 
+def test_hook_loom_check_config():
+    from loomcrm.engine.testing import config_errors, project_files
+
+    class HouseRules:
+        @hookimpl
+        def loom_check_config(self, manifest):
+            return [{"entity": name, "field": "score", "message": f"{name}.score must not be an integer here",
+                     "hint": "use a decimal"}
+                    for name, entity in manifest.entities.items()
+                    if "score" in entity.fields and entity.fields["score"].type == "integer"]
+
+    text = config_errors(project_files(CRM.replace("      iban: {type: iban}\n", "")), plugins=[HouseRules()])
+    assert "entities.yaml:6:7 E134 account.score must not be an integer here" in text and "hint: use a decimal" in text
+
+
 def test_hook_loom_routes(loom_factory):
     class Plugin:
         @hookimpl
