@@ -17,7 +17,7 @@ implementation runs first and can override it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -189,6 +189,27 @@ def loom_after_delete(ctx: Context, entity: Entity, record: dict[str, Any]) -> N
     """Called after a record was deleted, in the same transaction.
 
     :param record: the record as it was before deletion.
+    """
+
+
+@hookspec(firstresult=True)
+def loom_write(ctx: Context, entity: Entity, operation: str, write: Callable[[], Any]) -> Any:
+    """Wrap the statements that store a record, inside the transaction (after every check and
+    ``loom_before_*`` hook, before the ``loom_after_*`` hooks).
+
+    Implement it as a pluggy wrapper; the innermost implementation (Loom's own) runs ``write()``::
+
+        @hookimpl(wrapper=True)
+        def loom_write(ctx, entity, operation):
+            started = time.perf_counter()
+            result = yield          # the INSERT / UPDATE / DELETE and its link rows
+            log.info("%s %s took %.1f ms", operation, entity.name, 1000 * (time.perf_counter() - started))
+            return result
+
+    Raising before or after the ``yield`` rolls the write back.
+
+    :param operation: ``create``, ``update`` or ``delete``.
+    :param write: runs the statements; returns the stored record (None for ``delete``).
     """
 
 

@@ -70,6 +70,13 @@ class Records:
         """Run a hook inside the write: a plugin's failure rolls the write back, naming the plugin."""
         return call_hook(self.pm, name, **kwargs) if self._implemented(name) else []
 
+    def _write(self, ctx: Context, entity: Entity, operation: str, write):
+        """Run the statements of a write through ``loom_write`` (straight, when no plugin wraps it)."""
+        if len(self.pm.hook.loom_write.get_hookimpls()) == 1:
+            return write()
+        results = call_hook(self.pm, "loom_write", ctx=ctx, entity=entity, operation=operation, write=write)
+        return results[0] if results else None
+
     def _check_record(self, ctx: Context, entity: Entity, operation: str, record: dict, old: dict | None) -> None:
         """The plugins' last word before a write: vetoes (403), then whole-record checks (422)."""
         if self._implemented("loom_permission_veto"):
@@ -205,9 +212,13 @@ class Records:
                 self._check_record(ctx, entity, "create", values, None)
                 values.update(created_at=ctx.now, updated_at=ctx.now, created_by=ctx.actor,
                               updated_by=ctx.actor, owner=values.get("owner", ctx.actor))
-                record = self.store.insert(conn, entity, values)
-                if self._write_links(conn, entity, record["id"], values):
-                    self.store.attach_links(conn, entity, [record])
+                def insert() -> dict:
+                    stored = self.store.insert(conn, entity, values)
+                    if self._write_links(conn, entity, stored["id"], values):
+                        self.store.attach_links(conn, entity, [stored])
+                    return stored
+
+                record = self._write(ctx, entity, "create", insert)
                 self._run("loom_after_create", ctx=ctx, entity=entity, record=record)
         except IntegrityError as exc:
             raise self._integrity_problem(entity, exc, values) from None
@@ -237,10 +248,13 @@ class Records:
                 self._check_references(conn, entity, changes, ctx)
                 self._check_record(ctx, entity, "update", {**old, **changes}, old)
                 changes.update(updated_at=ctx.now, updated_by=ctx.actor)
-                if not self.store.update(conn, entity, record_id, old["version"], changes):
-                    raise stale(entity, record_id, None)
-                self._write_links(conn, entity, record_id, changes)
-                record = self.store.fetch(conn, entity, record_id)
+                def update() -> dict:
+                    if not self.store.update(conn, entity, record_id, old["version"], changes):
+                        raise stale(entity, record_id, None)
+                    self._write_links(conn, entity, record_id, changes)
+                    return self.store.fetch(conn, entity, record_id)
+
+                record = self._write(ctx, entity, "update", update)
                 self._run("loom_after_update", ctx=ctx, entity=entity, old=old, record=record)
         except IntegrityError as exc:
             raise self._integrity_problem(entity, exc, changes) from None
@@ -256,8 +270,11 @@ class Records:
                 old = self._current(conn, entity, record_id, version, ctx, "delete")
                 self._run("loom_before_delete", ctx=ctx, entity=entity, record=dict(old))
                 self._check_record(ctx, entity, "delete", old, None)
-                if not self.store.delete(conn, entity, record_id, old["version"]):
-                    raise stale(entity, record_id, None)
+                def delete() -> None:
+                    if not self.store.delete(conn, entity, record_id, old["version"]):
+                        raise stale(entity, record_id, None)
+
+                self._write(ctx, entity, "delete", delete)
                 self._run("loom_after_delete", ctx=ctx, entity=entity, record=old)
         except IntegrityError:
             raise self._restrict_problem(entity, record_id) from None

@@ -337,6 +337,31 @@ def rules_app(loom_factory):
     return loom_factory(CRM.replace("      iban: {type: iban}\n", ""), plugins=[plugin]), plugin
 
 
+def test_hook_loom_write(loom_factory):
+    seen = []
+
+    class Wrapper:
+        @hookimpl(wrapper=True)
+        def loom_write(self, ctx, entity, operation):
+            count = ctx.conn.execute(sa.text("SELECT count(*) FROM account")).scalar_one()
+            result = yield
+            after = ctx.conn.execute(sa.text("SELECT count(*) FROM account")).scalar_one()
+            seen.append((operation, count, after))
+            if after > 1:
+                raise Problem(409, "One account only", detail="this CRM holds one account")
+            return result
+
+    loom = loom_factory(CRM.replace("      iban: {type: iban}\n", ""), plugins=[Wrapper()])
+    entity = loom.entity("account")
+    first = loom.records.create(entity, {"name": "A"}, Context())
+    assert first["name"] == "A" and seen == [("create", 0, 1)]
+    with pytest.raises(Problem):
+        loom.records.create(entity, {"name": "B"}, Context())
+    assert names(loom) == ["A"]  # the wrapper's refusal after the insert rolled it back
+    loom.records.delete(entity, first["id"], Context())
+    assert seen[-1] == ("delete", 1, 0)
+
+
 def test_hook_loom_permission_veto(loom_factory):
     loom, _ = rules_app(loom_factory)
     entity = loom.entity("account")
