@@ -18,7 +18,7 @@ from .errors import ConfigErrors
 __all__ = ["main"]
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(plugin_commands: list | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="loom", description="Loom: a CRM compiled from YAML. Run a command in a project directory, "
         "or point at one with -p.")
@@ -79,14 +79,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="write to this file instead of printing")
     p = command("openapi", "print the OpenAPI document of the project's REST API")
     p.add_argument("--output", help="write to this file instead of printing")
+    for plugin_command in plugin_commands or ():
+        p = command(plugin_command.name, plugin_command.help)
+        p.add_argument("--database", help="database URL")
+        if plugin_command.arguments is not None:
+            plugin_command.arguments(p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        plugin_commands = _plugin_commands(argv)
+    except _UsageError as exc:
+        print(f"loom: {exc}", file=sys.stderr)
+        return 2
+    args = _parser(plugin_commands).parse_args(argv)
     if getattr(args, "database", None):
         args.database = _from_cwd(args.database)
     try:
+        if args.command not in COMMANDS:
+            return _run_plugin_command(args, {c.name: c for c in plugin_commands}[args.command]) or 0
         return COMMANDS[args.command](args) or 0
     except ConfigErrors as exc:
         print(exc.render(), file=sys.stderr)
@@ -291,6 +304,39 @@ def _plugins(args) -> int:
         print(f"\n{info.name}  [{info.origin}]  {info.where}")
         print("  hooks: " + (", ".join(info.hooks) or "none"))
     return 0
+
+
+def _plugin_commands(argv: list[str]) -> list:
+    """Commands the project's plugins add (``loom_commands``), looked up only when ``argv`` names a
+    command Loom does not have, so that Loom's own commands never pay for loading the project."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("-p", "--project", default=os.environ.get("LOOM_PROJECT", "."))
+    known, rest = pre.parse_known_args(argv)
+    name = next((a for a in rest if not a.startswith("-")), None)
+    if name is None or name in COMMANDS:
+        return []
+    from .compiler import compile_project
+    from .plugins import call_hook
+
+    try:
+        _, pm = compile_project(known.project)
+    except ConfigErrors:
+        return []  # not a project: argparse reports the unknown command
+    commands = [c for result in call_hook(pm, "loom_commands") for c in result or ()]
+    clashes = [c.name for c in commands if c.name in COMMANDS]
+    if clashes:
+        raise _UsageError(f"a plugin command may not replace Loom's own: {', '.join(clashes)}")
+    return commands
+
+
+def _run_plugin_command(args, command) -> int | None:
+    from .app import Loom
+
+    loom = Loom.from_project(args.project, database_url=args.database)
+    try:
+        return command.run(args, loom)
+    finally:
+        loom.close()
 
 
 def _explain_config(args) -> int:

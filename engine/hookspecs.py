@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from .errors import Problem
     from .fieldtypes import FieldType
     from .manifest import Entity, Manifest
+    from .plugins import PluginCommand
     from .runtime.context import Context
 
 __all__ = ["hookimpl", "hookspec", "PROJECT_NAME"]
@@ -106,6 +107,17 @@ def loom_handle_exception(exc: Exception) -> Problem | None:
     a library a plugin uses. The first implementation that returns a ``Problem`` decides.
 
     :return: a :class:`~loomcrm.engine.errors.Problem`, or None to leave it to the next one.
+    """
+
+
+@hookspec
+def loom_commands() -> list[PluginCommand]:
+    """Add sub-commands to ``loom`` for this project (``loom -p acme recalculate-scores``).
+
+    Looked up only when a command line names a command Loom does not have. A plugin command may
+    not replace one of Loom's own.
+
+    :return: :class:`~loomcrm.engine.plugins.PluginCommand` objects.
     """
 
 

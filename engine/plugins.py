@@ -23,7 +23,7 @@ from . import hookspecs
 from .errors import ConfigError, ConfigErrors, Location, Problem
 from .fieldtypes import FieldType
 
-__all__ = ["make_plugin_manager", "field_types", "call_hook", "emit_event", "describe_plugins", "ENTRY_POINT_GROUP",
+__all__ = ["PluginCommand", "make_plugin_manager", "field_types", "call_hook", "emit_event", "describe_plugins", "ENTRY_POINT_GROUP",
            "LOCAL_PLUGINS"]
 
 ENTRY_POINT_GROUP = "loomcrm.plugins"
@@ -184,6 +184,25 @@ def _resolved(value: Any) -> Any:
         return asyncio.run(wait())
     with ThreadPoolExecutor(1) as pool:  # this thread runs a loop: await on another thread's loop
         return pool.submit(asyncio.run, wait()).result()
+
+
+# --- commands plugins add ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PluginCommand:
+    """A ``loom`` sub-command a plugin adds (returned by ``loom_commands``).
+
+    :ivar run: ``run(args, loom) -> exit code`` (None means 0); ``loom`` is the project's app, its
+        database closed afterwards.
+    :ivar arguments: ``arguments(parser)`` adds the command's options to its argparse parser
+        (``--database`` is always there).
+    """
+
+    name: str
+    help: str
+    run: Any
+    arguments: Any = None
 
 
 # --- what is loaded ----------------------------------------------------------------------------------

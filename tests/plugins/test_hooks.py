@@ -17,6 +17,7 @@ from litestar.params import FromPath
 from litestar.testing import TestClient
 
 from loomcrm.engine import hookspecs
+from loomcrm.engine.app import Loom
 from loomcrm.engine.errors import Problem
 from loomcrm.engine.fieldtypes import FieldType, FieldValueError
 from loomcrm.engine.hookspecs import hookimpl
@@ -233,6 +234,23 @@ def test_hook_loom_check_config():
 
     text = config_errors(project_files(CRM.replace("      iban: {type: iban}\n", "")), plugins=[HouseRules()])
     assert "entities.yaml:6:7 E134 account.score must not be an integer here" in text and "hint: use a decimal" in text
+
+
+def test_hook_loom_commands(db_url, capsys):
+    from loomcrm.engine.cli import main
+
+    acme = Path(__file__).parents[2] / "examples" / "acme"
+    assert main(["-p", str(acme), "migrate", "--database", db_url]) == 0
+    loom = Loom.from_project(acme, database_url=db_url)
+    account = loom.records.create(loom.entity("account"), {"name": "A"}, Context())
+    deal = loom.records.create(loom.entity("deal"), {"title": "D", "account": account["id"], "amount": "2000000"},
+                               Context())
+    loom.records.update(loom.entity("deal"), deal["id"], {"score": 1}, Context(), trusted=True)  # stale score
+    loom.close()
+    capsys.readouterr()
+    assert main(["-p", str(acme), "rescore", "--database", db_url]) == 0
+    assert capsys.readouterr().out == "rescored 1 deals\n"
+    assert main(["-p", str(acme), "rescore", "--database", db_url]) == 0 and "rescored 0" in capsys.readouterr().out
 
 
 def test_hook_loom_routes(loom_factory):

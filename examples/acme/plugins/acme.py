@@ -4,6 +4,7 @@
   spaces in upper case, documents its pattern in the OpenAPI document.
 - deal scoring: every save computes ``deal.score`` (a read-only field) from amount and stage.
 - won deals cannot be deleted (a permission veto: 403 with the reason, whatever the caller's roles).
+- ``loom -p examples/acme rescore``: recompute every deal's score (after the formula changed).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from pydantic import Field as PydanticField
 
 from loomcrm.engine.fieldtypes import FieldType, FieldValueError
 from loomcrm.engine.hookspecs import hookimpl
+from loomcrm.engine.plugins import PluginCommand
+from loomcrm.engine.runtime.context import Context
 
 IBAN = re.compile(r"[A-Z]{2}\d{2}[A-Z0-9]{10,30}")
 
@@ -74,3 +77,29 @@ def loom_permission_veto(entity, operation, record):
     if entity.name == "deal" and operation == "delete" and record.get("stage") == "won":
         return "won deals cannot be deleted (Acme keeps them for the books); mark a mistake as lost instead"
     return None
+
+
+def rescore(args, loom) -> int:
+    """Recompute every deal's score through the write pipeline (audited, channel cli)."""
+    from loomcrm.engine.runtime.query import parse_list_params
+
+    deal, changed, cursor = loom.entity("deal"), 0, None
+    while True:
+        params = [("limit", "500"), *([("cursor", cursor)] if cursor else [])]
+        page = loom.records.list(deal, parse_list_params(deal, params), Context(channel="cli"))
+        for record in page["data"]:
+            amount = Decimal(record["amount"]) if record["amount"] is not None else None
+            if score(amount, record["stage"]) != record["score"]:
+                loom.records.update(deal, record["id"], {"score": score(amount, record["stage"])},
+                                    Context(channel="cli"), trusted=True)
+                changed += 1
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    print(f"rescored {changed} deals")
+    return 0
+
+
+@hookimpl
+def loom_commands():
+    return [PluginCommand("rescore", "recompute every deal's score", rescore)]
