@@ -22,7 +22,7 @@ from loomcrm.schemas.project import AuthSpec
 from loomcrm.schemas.system import EXTENSIBLE_KEYS, SYSTEM_ENTITIES
 
 from .database import ENV_DATABASE_URL, resolve_database_url
-from .errors import ConfigError, ConfigErrors, did_you_mean
+from .errors import ConfigError, ConfigErrors, Location, did_you_mean
 from .fieldtypes import COMMON_OPTIONS, FieldType, FieldValueError
 from .loader import LoadedConfig
 from .manifest import SYSTEM_FIELDS, Entity, Field, Index, Manifest, Relation, localized
@@ -58,7 +58,31 @@ def compile_project(path: str | os.PathLike, *, plugins: list | None = None) -> 
         where=loaded.locate(("plugins",), key=True),
         project_dirs=list(reversed(loaded.project_dirs or (loaded.project_dir,))),  # a base's plugins/ first
     )
+    loaded = with_contributions(loaded, pm, lambda contributions: load_config(path, contributions))
     return compile_manifest(loaded, pm), pm
+
+
+def with_contributions(loaded: LoadedConfig, pm: pluggy.PluginManager, reload) -> LoadedConfig:
+    """The config again, with the plugins' fragments beneath the project's own files (``reload``
+    reads it given the contributions), or as it is when no plugin contributes."""
+    contributions = plugin_contributions(pm)
+    return reload(contributions) if contributions else loaded
+
+
+def plugin_contributions(pm: pluggy.PluginManager) -> list[tuple[str, dict]]:
+    """``(plugin name, config fragment)`` of every ``loom_contribute_config`` implementation."""
+    result = []
+    for impl in reversed(pm.hook.loom_contribute_config.get_hookimpls()):  # registered first, merged first
+        name = impl.plugin_name if not impl.plugin_name.isdigit() else type(impl.plugin).__name__
+        try:
+            fragment = impl.function()
+        except Exception as exc:
+            raise ConfigErrors([ConfigError(Location(f"plugin {name}"), "E130",
+                                            f"plugin '{name}' failed in loom_contribute_config: "
+                                            f"{type(exc).__name__}: {exc}")]) from exc
+        if fragment:
+            result.append((name, fragment))
+    return result
 
 
 def importable(project_dir) -> None:

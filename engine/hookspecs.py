@@ -57,6 +57,19 @@ def loom_field_types() -> list[FieldType]:
 
 
 @hookspec
+def loom_contribute_config() -> dict[str, Any] | None:
+    """Contribute config: new entities, fields of existing entities, roles, as a fragment shaped like
+    an included YAML file (``{"entities": {...}, "roles": {...}}``).
+
+    Fragments are merged beneath the project's own files, like a base config an overlay
+    ``extends:``: the project may override what a plugin contributes (labels, options, grants), and
+    a project's own values win. Errors in a fragment are reported at ``plugin <name>``.
+
+    :return: the fragment, or None.
+    """
+
+
+@hookspec
 def loom_check_config(manifest: Manifest) -> list[dict[str, str]] | None:
     """Add the project's own rules about its config, checked by ``loom validate`` and at every start.
 

@@ -35,6 +35,8 @@ from .validation import validate_file, validate_tree
 __all__ = ["LoadedConfig", "SourceFile", "load_config", "load_config_text", "find_project_file"]
 
 PROJECT_FILE = "loom.yaml"
+#: Plugins' config fragments: ``(plugin name, {"entities": ..., "roles": ...})``.
+Contributions = tuple[tuple[str, dict], ...] | list
 Path_ = tuple[Any, ...]
 
 
@@ -55,8 +57,8 @@ class SourceFile:
             if path in marks:
                 line, col = marks[path]
                 return Location(self.name, line, col)
-            if not path:
-                return Location(self.name, 1, 1)
+            if not path:  # data that was never text (a plugin's fragment) has no lines
+                return Location(self.name, 1, 1) if self.key_marks or self.value_marks else Location(self.name)
             path = path[:-1]
             key = True  # an ancestor is best pointed at by its key
 
@@ -109,8 +111,12 @@ def find_project_file(path: str | os.PathLike) -> Path:
     return p / PROJECT_FILE if p.is_dir() else p
 
 
-def load_config(path: str | os.PathLike) -> LoadedConfig:
-    """Load ``loom.yaml`` (or the ``loom.yaml`` inside directory ``path``) and everything it includes."""
+def load_config(path: str | os.PathLike, contributions: Contributions = ()) -> LoadedConfig:
+    """Load ``loom.yaml`` (or the ``loom.yaml`` inside directory ``path``) and everything it includes.
+
+    ``contributions`` are config fragments of plugins (``loom_contribute_config``): ``(plugin name,
+    {"entities": ..., "roles": ...})``, merged beneath the project's own files like a base config.
+    """
     project_file = find_project_file(path).resolve()
     project_dir = project_file.parent
     if not project_file.is_file():
@@ -124,10 +130,11 @@ def load_config(path: str | os.PathLike) -> LoadedConfig:
                 )
             ]
         )
-    return _load(project_dir, project_file.name, _DirectoryFiles(project_dir))
+    return _load(project_dir, project_file.name, _DirectoryFiles(project_dir), contributions)
 
 
-def load_config_text(files: dict[str, str], project_dir: str | os.PathLike = ".") -> LoadedConfig:
+def load_config_text(files: dict[str, str], project_dir: str | os.PathLike = ".",
+                     contributions: Contributions = ()) -> LoadedConfig:
     """Load a config from in-memory texts, ``{"loom.yaml": ..., "entities/a.yaml": ...}`` (for tests).
 
     Include patterns match the names as they would match files on disk (``*`` stays within one
@@ -135,7 +142,7 @@ def load_config_text(files: dict[str, str], project_dir: str | os.PathLike = "."
     reads ``../sales/loom.yaml`` from ``files``; an installed package named by ``extends:`` is read
     from disk.
     """
-    return _load(Path(project_dir), PROJECT_FILE, _MemoryFiles(files, Path(project_dir)))
+    return _load(Path(project_dir), PROJECT_FILE, _MemoryFiles(files, Path(project_dir)), contributions)
 
 
 # --- where files come from: disk, or a dict of texts ------------------------------------------------------
@@ -252,11 +259,11 @@ class _Layer:
         return [self, *(self.base.chain() if self.base else [])]
 
 
-def _load(project_dir: Path, project_name: str, files) -> LoadedConfig:
+def _load(project_dir: Path, project_name: str, files, contributions: Contributions = ()) -> LoadedConfig:
     errors: list[ConfigError] = []
-    layer = _read_layer(project_name, files.read(project_name) or "", files, errors, (), set())
+    layer = _read_layer(project_name, files.read(project_name) or "", files, errors, (), set(), contributions)
     layers = layer.chain()
-    if layer.base is None:
+    if layer.base is None and not contributions:
         # the files' own specs are the config: no second validation of a large project
         project_spec = layer.spec
         entities, entity_sources = _first_defined(layer.sources, "entities")
@@ -280,8 +287,9 @@ def _load(project_dir: Path, project_name: str, files) -> LoadedConfig:
 
 
 def _read_layer(name: str, text: str, files, errors: list[ConfigError], chain: tuple[tuple[str, str], ...],
-                read: set[str]) -> _Layer:
-    """Read one project file, the config it extends (first), and the files it includes."""
+                read: set[str], contributions: Contributions = ()) -> _Layer:
+    """Read one project file, the config it extends (first), and the files it includes; plugins'
+    ``contributions`` go between the base and this layer's own files."""
     project = parse_yaml(name, text, errors)
     read.add(files.identity(name))
     directory = posixpath.dirname(name)
@@ -289,6 +297,9 @@ def _read_layer(name: str, text: str, files, errors: list[ConfigError], chain: t
     base = _read_base(project, data.get("extends"), directory, files, errors,
                       (*chain, (files.identity(name), name)), read)
     base_tree = remove_paths(base.tree, project, errors) if base else None
+    if contributions:
+        contributed = _contributed(contributions, errors)
+        base_tree = merge_trees(base_tree, contributed, errors) if base_tree is not None else contributed
     if base_tree is not None:
         def provided(path: Path_) -> bool:
             return has_path(base_tree.data, path)
@@ -321,6 +332,16 @@ def _read_layer(name: str, text: str, files, errors: list[ConfigError], chain: t
     own = union_of_files(project, [source for source, _ in sources[1:]], errors)
     tree = merge_trees(base_tree, own, errors) if base_tree is not None else own
     return _Layer(project, spec, sources, directory, base, tree)
+
+
+def _contributed(contributions: Contributions, errors: list[ConfigError]) -> Tree:
+    """Plugins' config fragments as one tree; each value is located at ``plugin <name>``."""
+    pieces = []
+    for plugin, fragment in contributions:
+        source = SourceFile(f"plugin {plugin}", fragment if isinstance(fragment, dict) else {})
+        validate_file(source, errors, is_project=False, provided=lambda path: True)
+        pieces.append(source)
+    return union_of_files(SourceFile("plugins", {}), pieces, errors)
 
 
 def _read_base(project: SourceFile, extends: Any, directory: str, files, errors: list[ConfigError],

@@ -221,6 +221,39 @@ def test_a_plugin_can_replace_a_builtin_field_type(loom_factory):
     assert loom.records.create(loom.entity("account"), {"name": "quiet"}, Context())["name"] == "QUIET"
 
 
+def test_hook_loom_contribute_config(loom_factory):
+    class Banking:
+        """Adds an entity and a field of an existing one; the project overrides a label it contributes."""
+
+        @hookimpl
+        def loom_contribute_config(self):
+            return {"entities": {
+                "payment": {"fields": {"amount": {"type": "money", "required": True},
+                                       "account": {"type": "ref", "to": "account"}}},
+                "account": {"fields": {"bank": {"type": "string", "label": "Bank"}}},
+            }}
+
+    crm = CRM.replace("      iban: {type: iban}\n", "") + "      bank: {type: string, label: Hausbank}\n"
+    loom = loom_factory(crm, plugins=[Banking()])
+    assert set(loom.manifest.entities) >= {"account", "payment"}
+    assert loom.entity("account").fields["bank"].label["en"] == "Hausbank"  # the project's own value wins
+    account = loom.records.create(loom.entity("account"), {"name": "A", "bank": "GLS"}, Context())
+    payment = loom.records.create(loom.entity("payment"), {"amount": "10", "account": account["id"]}, Context())
+    assert payment["amount"] == "10.00"
+
+
+def test_a_bad_contribution_is_a_config_error_naming_the_plugin():
+    from loomcrm.engine.testing import config_errors, project_files
+
+    class Broken:
+        @hookimpl
+        def loom_contribute_config(self):
+            return {"entities": {"payment": {"fields": {"amount": {"type": "monee"}}}}}
+
+    text = config_errors(project_files(CRM.replace("      iban: {type: iban}\n", "")), plugins=[Broken()])
+    assert "plugin Broken E120 unknown field type 'monee'" in text
+
+
 def test_hook_loom_check_config():
     from loomcrm.engine.testing import config_errors, project_files
 
