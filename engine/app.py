@@ -11,24 +11,25 @@ import os
 from dataclasses import dataclass
 from functools import cached_property
 
+import jinja2
 import pluggy
 import sqlalchemy as sa
-from litestar import Litestar, Request, Response, get
+from litestar import Litestar, MediaType, Request, Response, get
 from litestar.config.app import AppConfig
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
-from litestar.response import Redirect
 
 from loomcrm.generators.models import build_models
 from loomcrm.generators.routes import admin_router, auth_router, entity_router
 from loomcrm.generators.tables import build_metadata
+from loomcrm.generators.templates import template_environment
 
 from .compiler import compile_project
 from .database import create_db_engine
 from .errors import Problem
-from .manifest import Manifest
+from .manifest import Manifest, text_for
 from .plugins import call_hook
 from .runtime.access import Access, Policies, access_for
 from .runtime.auth import SESSION_COOKIE, Auth
@@ -74,6 +75,11 @@ class Loom:
         return Policies(self.manifest)
 
     @cached_property
+    def templates(self) -> jinja2.Environment:
+        """Jinja2 templates: the project's ``templates/`` > plugins' folders > Loom's own."""
+        return template_environment(self.manifest, self.pm, self.manifest.project_dirs)
+
+    @cached_property
     def auth(self) -> Auth:
         """Sign-in, sessions and tokens of this app."""
         return Auth(self)
@@ -113,6 +119,17 @@ class Loom:
             self.pm.hook.loom_configure_app(app_config=app_config, manifest=self.manifest)
             return app_config
 
+        templates = self.templates
+        default_locale = self.manifest.locales[0]
+        listed = [{"plural": e.plural, "plural_label": text_for(e.plural_label, default_locale),
+                   "fields": len(e.user_fields)} for e in self.manifest.entities.values()]
+
+        @get("/", include_in_schema=False, sync_to_thread=False, media_type=MediaType.HTML)
+        def index() -> Response:
+            page = templates.get_template("index.html").render(locale=default_locale, entities=listed)
+            return Response(page, media_type=MediaType.HTML, headers={
+                "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'"})
+
         return Litestar(
             route_handlers=[*routers, health, index],
             exception_handlers={Problem: problem_response, ValidationException: validation_response,
@@ -140,11 +157,6 @@ class Loom:
 @get("/health", include_in_schema=False, sync_to_thread=False)
 def health() -> dict:
     return {"status": "ok"}
-
-
-@get("/", include_in_schema=False, sync_to_thread=False)
-def index() -> Redirect:
-    return Redirect("/schema/swagger")
 
 
 # --- every error becomes problem+json (RFC 9457) ------------------------------------------------

@@ -136,6 +136,7 @@ def compile_manifest(loaded: LoadedConfig, pm: pluggy.PluginManager) -> Manifest
         plugins=tuple(loaded.project.plugins),
         entities=entities,
         project_dir=str(loaded.project_dir),
+        project_dirs=tuple(str(d) for d in loaded.project_dirs) or (str(loaded.project_dir),),
         audit_retain_days=loaded.project.audit.retain_days if loaded.project.audit else None,
         auth=(loaded.project.auth or AuthSpec()).model_dump(),
         roles=roles,

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    import jinja2
     from litestar.config.app import AppConfig
 
     from .app import Loom
@@ -109,6 +110,25 @@ def loom_routes(loom: Loom) -> list[Any]:
 
     :param loom: the app (:class:`~loomcrm.engine.app.Loom`): manifest, records, engine.
     :return: litestar route handlers or routers.
+    """
+
+
+@hookspec
+def loom_template_dirs() -> list[str]:
+    """Folders of jinja2 templates, searched after the project's ``templates/`` and before Loom's
+    own, so a plugin can override a built-in template by giving one of the same name.
+
+    :return: folder paths.
+    """
+
+
+@hookspec
+def loom_jinja_environment(env: jinja2.Environment, manifest: Manifest) -> None:
+    """Change the app's jinja2 environment: add filters, tests and globals for templates.
+
+    Called once per app when the environment is built.
+
+    :param env: the environment (mutable).
     """
 
 

@@ -202,6 +202,7 @@ class Manifest:
     plugins: tuple[str, ...]
     entities: dict[str, Entity]
     project_dir: str = "."
+    project_dirs: tuple[str, ...] = ()  # the project's, then those of the configs it extends
     audit_retain_days: int | None = None
     roles: dict[str, Any] = field(default_factory=dict)  # name -> policy.RolePolicy
     auth: dict[str, Any] = field(default_factory=lambda: {"required": True, "session_hours": 12, "max_failures": 5,
