@@ -8,9 +8,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Optional, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, create_model
+from pydantic import BaseModel, ConfigDict, StringConstraints, create_model
 from pydantic import Field as PydanticField
 
 from loomcrm.engine.manifest import Entity, Field, Manifest, text_for
@@ -62,6 +62,27 @@ def _input_type(field: Field) -> Any:
     return field.field_type.python_type(field)
 
 
+def _optional(kind: Any) -> Any:
+    """``kind`` or null, keeping its constraints where litestar's OpenAPI generator sees them.
+
+    ``Optional[Annotated[str, Field(pattern=...)]]`` loses ``pattern`` and ``maxLength`` in the
+    document; ``Annotated[Optional[str], MaxLen(...), StringConstraints(pattern=...)]`` keeps them (and
+    JSON Schema applies them to strings only, so null stays valid).
+    """
+    if kind is Any:
+        return kind
+    if get_origin(kind) is not Annotated:
+        return Optional[kind]  # noqa: UP045
+    base, *metadata = get_args(kind)
+    flat = []
+    for item in metadata:
+        for constraint in getattr(item, "metadata", None) or [item]:
+            pattern = getattr(constraint, "pattern", None)
+            generic = type(constraint).__name__ == "_PydanticGeneralMetadata"
+            flat.append(StringConstraints(pattern=pattern) if generic and pattern is not None else constraint)
+    return Annotated[Optional[base], *flat]  # noqa: UP045
+
+
 def _entity_models(entity: Entity, manifest: Manifest) -> EntityModels:
     base = model_name(entity)
     record_fields: dict[str, Any] = {}
@@ -71,14 +92,14 @@ def _entity_models(entity: Entity, manifest: Manifest) -> EntityModels:
         info = _describe(field, manifest)
         always = field.name == "id"  # everything else may be left out by ?fields=
         out = _output_type(field)
-        if always or out is Any:  # Optional[Any] would document null twice (oneOf: {}, null)
-            record_fields[field.name] = (out, PydanticField(**info) if always else PydanticField(None, **info))
-        else:
-            record_fields[field.name] = (Optional[out], PydanticField(None, **info))  # noqa: UP045
+        if always:
+            record_fields[field.name] = (out, PydanticField(**info))
+        else:  # Optional[Any] would document null twice (oneOf: {}, null): _optional leaves Any alone
+            record_fields[field.name] = (_optional(out), PydanticField(None, **info))
         if not field.writable:
             continue
         kind = _input_type(field)
-        optional_kind = kind if kind is Any else Optional[kind]  # noqa: UP045
+        optional_kind = _optional(kind)
         has_default = field.default is not None or field.dynamic_default is not None
         if field.required and not has_default:
             create_fields[field.name] = (kind, PydanticField(**info))

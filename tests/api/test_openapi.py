@@ -86,3 +86,11 @@ def serving(app):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_optional_fields_keep_their_constraints_in_the_document(client):
+    schemas = client.get("/schema/openapi.json").json()["components"]["schemas"]
+    code = schemas["AccountCreate"]["properties"]["code"]
+    assert code["pattern"] == "^[A-Z]{2}-[0-9]+$" and {"type": "null"} in code["oneOf"]
+    assert schemas["AccountUpdate"]["properties"]["name"]["maxLength"] == 50
+    assert schemas["Account"]["properties"]["revenue"]["pattern"] == r"^-?\d+(\.\d+)?$"

@@ -35,7 +35,8 @@ def test_acme_serves_its_overlay_with_the_plugins_field_type(acme):
     assert bad.json()["errors"] == [{"field": "iban", "code": "iban", "message": "has wrong check digits"}]
     assert client.post("/api/contacts", json={"last_name": "Li", "birthday": "1990-01-01"}).status_code == 422
     schema = client.get("/schema/openapi.json").json()["components"]["schemas"]
-    assert schema["AccountCreate"]["properties"]["iban"]["title"] == "Bank account (IBAN)"
+    iban = schema["AccountCreate"]["properties"]["iban"]
+    assert iban["title"] == "Bank account (IBAN)" and iban["pattern"] == r"[A-Z]{2}\d{2}[A-Z0-9]{10,30}"
     assert schema["Account"]["properties"]["name"]["title"] == "Customer name"  # Acme's words
 
 
