@@ -57,6 +57,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--connections", type=int, default=32, help="concurrent keep-alive connections (default 32)")
     p.add_argument("--sync-to-thread", choices=("0", "1", "both"), default="1",
                    help="LOOM_SYNC_TO_THREAD for both apps: run sync handlers in threads (1, default) or on the loop (0)")
+    p.add_argument("--baseline-audit", choices=("on", "off"), default="on",
+                   help="the baseline writes the audit row Loom writes with every create (on, default: the same "
+                   "job), or skips it (off: what the audit trail costs)")
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated subset of {', '.join(SCENARIOS)}")
     p.add_argument("--driver", choices=("auto", "wrk", "python"), default="auto",
                    help="load driver: wrk if installed (auto), or the bundled asyncio driver (less precise)")
@@ -164,9 +167,10 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def servers(url: str, sync: str, tmp: Path, pin: list[str]) -> Iterator[dict[str, int]]:
+def servers(url: str, sync: str, tmp: Path, pin: list[str], audit: str = "on") -> Iterator[dict[str, int]]:
     """Start Loom and the baseline (idle one costs nothing); always stop them."""
-    env = {**os.environ, "LOOM_PROJECT": str(PROJECT), "LOOM_DATABASE_URL": url, "LOOM_SYNC_TO_THREAD": sync}
+    env = {**os.environ, "LOOM_PROJECT": str(PROJECT), "LOOM_DATABASE_URL": url, "LOOM_SYNC_TO_THREAD": sync,
+           "BASELINE_AUDIT": "1" if audit == "on" else "0"}
     procs: dict[str, subprocess.Popen] = {}
     ports = {name: free_port() for name in APPS}
     try:
@@ -290,10 +294,11 @@ def main() -> None:
         print(f"driver: {'wrk' if wrk else 'python asyncio (less precise than wrk)'}, {args.connections} "
               f"connections, {args.warmup:g} s warm-up + {args.duration:g} s per run"
               + (f", CPU {driver_cpu}" if driver_cpu is not None else "") + f", {args.rounds} round(s)")
+        print(f"baseline audit row on create: {args.baseline_audit}")
         print(f"load average before the runs: {os.getloadavg()[0]:.2f} (other work on the CPUs skews the figures)")
         for sync in modes:
             runs: dict[str, dict[str, list[Result]]] = {s: {"loom": [], "baseline": []} for s in scenarios}
-            with servers(url, sync, tmp, pin) as ports:
+            with servers(url, sync, tmp, pin, args.baseline_audit) as ports:
                 sanity_check(ports, ids)
                 for round_ in range(args.rounds):
                     for scenario in scenarios:

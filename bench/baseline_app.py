@@ -24,6 +24,7 @@ from litestar import Litestar, Request, Response, get, post
 from litestar.params import Parameter
 
 from loomcrm.engine.database import create_db_engine, write_lock
+from loomcrm.generators.tables import audit_table
 
 REGIONS = frozenset({"north", "east", "south", "west", "overseas"})
 INDUSTRIES = frozenset({"manufacturing", "retail", "technology", "finance", "healthcare", "education",
@@ -87,6 +88,13 @@ def _list_stmt(by_region: bool, after: bool) -> sa.Select:
 LIST = {(r, a): _list_stmt(r, a) for r in (False, True) for a in (False, True)}
 GET = sa.select(account).where(c.id == sa.bindparam("id"))
 INSERT = account.insert().returning(*account.columns)
+#: The audit trail Loom keeps is part of the job: with BASELINE_AUDIT=1 (the default) the baseline writes
+#: the same row, {field: [null, value]} per field set, in the same transaction (Loom's table definition,
+#: hand-written insert).
+AUDIT_INSERT = audit_table(sa.MetaData()).insert()
+
+
+SYSTEM = frozenset({"id", "created_at", "updated_at", "created_by", "updated_by", "owner", "version"})
 
 
 def problem(status: int, title: str, errors: list[dict] | None = None) -> Response:
@@ -156,6 +164,7 @@ def create_app() -> Litestar:
     engine = create_db_engine(os.environ["LOOM_DATABASE_URL"])
     sqlite = engine.dialect.name == "sqlite"
     sync = os.environ.get("LOOM_SYNC_TO_THREAD", "1") != "0"
+    audit = os.environ.get("BASELINE_AUDIT", "1") != "0"
 
     @get("/api/accounts", sync_to_thread=sync)
     def list_accounts(request: Request, limit: int = Parameter(default=50, ge=1, le=500),
@@ -195,7 +204,13 @@ def create_app() -> Litestar:
         with (write_lock if sqlite else contextlib.nullcontext()), \
                 engine.connect().execution_options(loom_write=True) as conn, conn.begin():
             row = conn.execute(INSERT, values).one()
-        return Response(dump(row), status_code=201,
+            out = dump(row)
+            if audit:
+                changes = {k: [None, v] for k, v in out.items() if v is not None and k not in SYSTEM}
+                conn.execute(AUDIT_INSERT, {"at": now, "actor": None, "channel": "api", "action": "create",
+                                            "entity": "account", "record_id": row.id, "version": row.version,
+                                            "changes": changes})
+        return Response(out, status_code=201,
                         headers={"Location": f"/api/accounts/{row.id}", "ETag": f'"{row.version}"'})
 
     @get("/health", sync_to_thread=False)
