@@ -181,7 +181,7 @@ class Records:
             access.require(entity, "read")
         with self.reading() as conn:
             exists = self.store.exists(conn, entity, [record_id])
-            if exists:
+            if exists and access is not None:
                 self._find(conn, entity, record_id, ctx)
             elif access is not None and access.rows(entity, "read") is not None:
                 raise not_found(entity, record_id)
@@ -222,8 +222,7 @@ class Records:
                 self._run("loom_after_create", ctx=ctx, entity=entity, record=record)
         except IntegrityError as exc:
             raise self._integrity_problem(entity, exc, values) from None
-        if self._implemented("loom_record_created"):
-            emit_event(self.pm, "loom_record_created", ctx=ctx, entity=entity, record=record)
+        emit_event(self.pm, "loom_record_created", ctx=ctx, entity=entity, record=record)
         return self._visible(ctx, entity, dump_record(entity, record))
 
     def update(self, entity: Entity, record_id: int, data: dict[str, Any], ctx: Context,
@@ -258,8 +257,7 @@ class Records:
                 self._run("loom_after_update", ctx=ctx, entity=entity, old=old, record=record)
         except IntegrityError as exc:
             raise self._integrity_problem(entity, exc, changes) from None
-        if self._implemented("loom_record_updated"):
-            emit_event(self.pm, "loom_record_updated", ctx=ctx, entity=entity, old=old, record=record)
+        emit_event(self.pm, "loom_record_updated", ctx=ctx, entity=entity, old=old, record=record)
         return self._visible(ctx, entity, dump_record(entity, record))
 
     def delete(self, entity: Entity, record_id: int, ctx: Context, version: int | None = None) -> None:
@@ -278,8 +276,7 @@ class Records:
                 self._run("loom_after_delete", ctx=ctx, entity=entity, record=old)
         except IntegrityError:
             raise self._restrict_problem(entity, record_id) from None
-        if self._implemented("loom_record_deleted"):
-            emit_event(self.pm, "loom_record_deleted", ctx=ctx, entity=entity, record=old)
+        emit_event(self.pm, "loom_record_deleted", ctx=ctx, entity=entity, record=old)
 
     def reassign(self, from_user: int, to_user: int, ctx: Context,
                  entities: list[Entity] | None = None) -> dict[str, int]:
