@@ -25,7 +25,7 @@ from .database import ENV_DATABASE_URL, resolve_database_url
 from .errors import ConfigError, ConfigErrors, Location, did_you_mean
 from .fieldtypes import COMMON_OPTIONS, FieldType, FieldValueError
 from .loader import LoadedConfig
-from .manifest import SYSTEM_FIELDS, Entity, Field, Index, Manifest, Relation, localized
+from .manifest import SYSTEM_FIELDS, Entity, Field, Index, Manifest, Relation, Rule, localized
 from .names import (
     IDENTIFIER,
     MAX_TABLE_NAME,
@@ -113,6 +113,8 @@ def compile_manifest(loaded: LoadedConfig, pm: pluggy.PluginManager) -> Manifest
     _check_index_names(loaded, errors)
     if not errors:
         entities = _add_relations(loaded, entities, errors)
+    if not errors:
+        entities = _add_rules(loaded, entities, app.locales, errors)
     roles = compile_roles(loaded, entities, app.locales[0], errors)
     database = loaded.project.database
     url = ""
@@ -453,6 +455,38 @@ def _check_refs(loaded, entities: dict[str, Entity], errors) -> None:
                                    "which does not exist",
                                    did_you_mean(target, entities) or f"entities: {', '.join(sorted(entities))}",
                                    key=False))
+
+
+def _add_rules(loaded, entities: dict[str, Entity], locales, errors) -> dict[str, Entity]:
+    """Compile every entity's validation rules; a rule that reads an unknown name is E135."""
+    from .expressions import ExpressionError, compile_expression
+
+    result = {}
+    for name, entity in entities.items():
+        spec = loaded.entities[name] if name in loaded.entities else None
+        rules = []
+        for rule_name, rule in (spec.rules if spec else {}).items():
+            _identifier(loaded, name, ("rules", rule_name), rule_name, "rule", frozenset(), errors)
+            compiled = {}
+            for key in ("check", "when"):
+                text = getattr(rule, key)
+                if text is None:
+                    continue
+                try:
+                    compiled[key] = compile_expression(text, entity, entities["user"])
+                except ExpressionError as exc:
+                    errors.append(_err(loaded, name, ("rules", rule_name, key), "E135",
+                                       f"rule '{name}.{rule_name}': {exc.message}", exc.hint, key=False))
+            unknown = [f for f in rule.fields if f not in entity.fields]
+            for f in unknown:
+                errors.append(_err(loaded, name, ("rules", rule_name, "fields", rule.fields.index(f)), "E125",
+                                   f"rule '{name}.{rule_name}' names field '{f}', which '{name}' does not have",
+                                   did_you_mean(f, entity.fields) or None))
+            if "check" in compiled and not unknown:
+                rules.append(Rule(rule_name, compiled["check"], localized(rule.message, locales),
+                                  compiled.get("when"), tuple(rule.fields)))
+        result[name] = replace(entity, rules=tuple(rules)) if rules else entity
+    return result
 
 
 def _add_relations(loaded, entities: dict[str, Entity], errors) -> dict[str, Entity]:

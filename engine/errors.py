@@ -25,6 +25,7 @@ E131  row rule (`where:`) Loom cannot check or run in SQL
 E132  overlay conflict: a base field's type or ref target, or an entity's plural, changed or clashing
 E133  bad `remove:` entry: names nothing in the base config, or not a thing remove: can take
 E134  a plugin's own check of the config (``loom_check_config``) failed
+E135  expression (CEL) with bad syntax or an unknown name
 ====  ===========================================================================
 """
 

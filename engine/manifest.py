@@ -16,7 +16,7 @@ from typing import Any
 
 from .fieldtypes import FieldType
 
-__all__ = ["Manifest", "Entity", "Field", "Relation", "Index", "SYSTEM_FIELDS", "text_for", "localized"]
+__all__ = ["Manifest", "Entity", "Field", "Relation", "Index", "Rule", "SYSTEM_FIELDS", "text_for", "localized"]
 
 #: Loom's own tables beside the entities' (created by migrations like entity tables).
 SYSTEM_TABLES = ("loom_audit", "loom_credential", "loom_session", "loom_token", "loom_login_failure")
@@ -127,6 +127,18 @@ class Index:
 
 
 @dataclass(frozen=True)
+class Rule:
+    """A validation rule: ``check`` (an :class:`~loomcrm.engine.expressions.Expression`) must be true
+    on create and update, for records ``when`` is true for (always without ``when``)."""
+
+    name: str
+    check: Any
+    message: dict[str, str]
+    when: Any = None
+    fields: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Entity:
     name: str
     label: dict[str, str]
@@ -138,6 +150,7 @@ class Entity:
     indexes: tuple[Index, ...] = ()
     relations: dict[str, Relation] = field(default_factory=dict)
     source: str = ""
+    rules: tuple[Rule, ...] = ()
 
     @property
     def table(self) -> str:

@@ -44,6 +44,8 @@ MERGE_RULES: dict[Path_, str] = {
     ("entities", "*", "fields"): "merge",
     ("entities", "*", "fields", "*"): "merge",
     ("entities", "*", "fields", "*", "options"): "options",
+    ("entities", "*", "rules"): "merge",
+    ("entities", "*", "rules", "*"): "merge",
     ("entities", "*", "indexes"): "append",
     ("entities", "*", "unique_together"): "append",
     ("roles",): "merge",
@@ -150,7 +152,7 @@ def union_of_files(project: SourceFile, included: list[SourceFile], errors: list
 
 # --- remove: -------------------------------------------------------------------------------------------
 
-REMOVE_FORMS = ("entities.<entity>", "entities.<entity>.fields.<field>",
+REMOVE_FORMS = ("entities.<entity>", "entities.<entity>.fields.<field>", "entities.<entity>.rules.<rule>",
                 "entities.<entity>.fields.<field>.options.<value>", "roles.<role>",
                 "roles.<role>.entities.<entity>", "roles.<role>.fields.<entity>.<field>")
 
@@ -193,7 +195,7 @@ def _removal_path(text: str) -> Path_ | None:
     if parts[0] == "entities":
         if len(parts) == 2:
             return tuple(parts)
-        if len(parts) == 4 and parts[2] == "fields":
+        if len(parts) == 4 and parts[2] in ("fields", "rules"):
             return tuple(parts)
         if len(parts) >= 6 and parts[2] == "fields" and parts[4] == "options":
             return (*parts[:5], ("=", ".".join(parts[5:])))
@@ -235,7 +237,9 @@ def _what_is_missing(path: Path_, depth: int) -> str:
     if depth <= 1:
         return f"the base has no {'entity' if kind == 'entities' else 'role'} '{name}'"
     if kind == "entities":
-        return f"entity '{name}' has no field '{path[3]}'" if depth <= 3 else f"field '{name}.{path[3]}' has no options"
+        if depth <= 3:
+            return f"entity '{name}' has no {'rule' if path[2] == 'rules' else 'field'} '{path[3]}'"
+        return f"field '{name}.{path[3]}' has no options"
     if path[2] == "entities":
         return f"role '{name}' has no grant for '{path[3]}'"
     return f"role '{name}' sets no level for '{path[3]}'"

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["EntitySpec", "FieldSpec", "IndexSpec", "Label", "OptionSpec"]
+__all__ = ["EntitySpec", "FieldSpec", "IndexSpec", "Label", "OptionSpec", "RuleSpec"]
 
 #: Text a person reads: either one string, or one string per locale (``{en: Account, zh: 客户}``).
 Label = str | dict[str, str]
@@ -75,6 +75,16 @@ class IndexSpec(SpecModel):
     name: str | None = Field(None, description="Index name; generated from the naming convention if omitted.")
 
 
+class RuleSpec(SpecModel):
+    """A validation rule: a CEL condition every created or changed record must meet."""
+
+    check: str = Field(description="CEL that must be true, e.g. `record.discount <= record.amount * 0.2`.")
+    message: Label = Field(description="Shown when the check fails; plain or per locale.")
+    when: str | None = Field(None, description="CEL: check only records for which this is true.")
+    fields: list[str] = Field(default_factory=list, description="Fields the error is attached to (forms show "
+                              "it beside them; the API names them).")
+
+
 class EntitySpec(SpecModel):
     """One kind of record: a table, an API resource and (later) forms."""
 
@@ -86,6 +96,7 @@ class EntitySpec(SpecModel):
     title: str | None = Field(None, description="The field that names a record (in lists, pickers, links).")
     description: str | None = None
     fields: dict[str, FieldSpec] = Field(default_factory=dict)
+    rules: dict[str, RuleSpec] = Field(default_factory=dict, description="Validation rules by name (CEL).")
     indexes: list[IndexSpec] = Field(default_factory=list)
     unique_together: list[Annotated[list[str], Field(min_length=1)]] = Field(
         default_factory=list, description="Groups of fields whose combined values must be unique."

@@ -52,4 +52,4 @@ SYSTEM_ENTITIES: dict[str, EntitySpec] = {
 }
 
 #: Keys a project may set when it extends a system entity (besides adding fields).
-EXTENSIBLE_KEYS = ("label", "plural_label", "description", "indexes", "unique_together")
+EXTENSIBLE_KEYS = ("label", "plural_label", "description", "indexes", "unique_together", "rules")

@@ -19,8 +19,9 @@ from sqlalchemy.exc import IntegrityError
 
 from ..database import write_lock
 from ..errors import Problem, did_you_mean
+from ..expressions import cel_values
 from ..fieldtypes import FieldValueError
-from ..manifest import Entity, Manifest
+from ..manifest import Entity, Manifest, text_for
 from ..plugins import call_hook, emit_event
 from .access import describe_reach, forbidden
 from .audit import history_page, write_entries
@@ -84,13 +85,46 @@ class Records:
                                             operation=operation, record=record) if r]
             if reasons:
                 raise forbidden("; ".join(str(r) for r in reasons))
-        if operation != "delete" and self._implemented("loom_validate_record"):
-            errors = [{"field": str(e.get("field", "")), "code": str(e.get("code", "invalid")),
-                       "message": str(e.get("message", ""))}
-                      for result in call_hook(self.pm, "loom_validate_record", ctx=ctx, entity=entity,
-                                              record=record, old=old) for e in result or ()]
-            if errors:
-                raise invalid(errors)
+        if operation == "delete":
+            return
+        errors = self._rule_errors(ctx, entity, record, old) if entity.rules else []
+        if self._implemented("loom_validate_record"):
+            errors += [{"field": str(e.get("field", "")), "code": str(e.get("code", "invalid")),
+                        "message": str(e.get("message", ""))}
+                       for result in call_hook(self.pm, "loom_validate_record", ctx=ctx, entity=entity,
+                                               record=record, old=old) for e in result or ()]
+        if errors:
+            raise invalid(errors)
+
+    def _rule_errors(self, ctx: Context, entity: Entity, record: dict, old: dict | None) -> list[dict[str, str]]:
+        """The entity's validation rules (CEL): an error per failing rule and field, all together; a
+        rule that cannot be evaluated (say, a division by zero) is an error naming it, never a 500."""
+        variables = {"record": cel_values(entity, record), "old": cel_values(entity, old), "user": self._cel_user(ctx),
+                     "now": ctx.now, "today": ctx.now.astimezone(_zone(self.manifest.timezone)).date().isoformat()}
+        locale = ctx.locale or self.manifest.locales[0]
+        errors = []
+        for rule in entity.rules:
+            try:
+                if rule.when is not None and rule.when.evaluate(variables) is not True:
+                    continue
+                passed = rule.check.evaluate(variables)
+                message = text_for(rule.message, locale)
+            except Exception as exc:  # CEL raises plain Python errors (ZeroDivisionError, KeyError...)
+                passed, message = None, f"rule '{rule.name}' could not be evaluated: {type(exc).__name__}: {exc}"
+            if passed is not True:
+                code = rule.name if passed is False else "rule_error"
+                if passed not in (True, False, None):
+                    message = f"rule '{rule.name}' must give true or false, not {passed!r}"
+                errors += [_error(f, code, message) for f in rule.fields or ("",)]
+        return errors
+
+    def _cel_user(self, ctx: Context) -> dict[str, Any]:
+        """``user`` for expressions: the caller's fields, id, roles and teams (nulls for Loom's own code)."""
+        user_entity = self.manifest.entities["user"]
+        known = ctx.access.user if ctx.access is not None else {}
+        values = cel_values(user_entity, known)
+        values.update(id=ctx.actor, roles=list(known.get("roles") or []), teams=list(known.get("teams") or []))
+        return values
 
     # --- reading ---------------------------------------------------------------------------------
     def get(self, entity: Entity, record_id: int, ctx: Context, *, fields: list[str] | None = None,

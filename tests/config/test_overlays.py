@@ -304,7 +304,7 @@ def test_remove_entries_that_name_nothing_in_the_base_suggest_what_exists():
         loom.yaml:7:5 E133 cannot remove 'roles.sales_rep.fields.account.phnoe': role 'sales_rep' sets no level for 'account.phnoe'
             hint: did you mean 'roles.sales_rep.fields.account.phone'?
         loom.yaml:8:5 E133 'remove' cannot take 'entities.account.label'
-            hint: write one of: entities.<entity>, entities.<entity>.fields.<field>, entities.<entity>.fields.<field>.options.<value>, roles.<role>, roles.<role>.entities.<entity>, roles.<role>.fields.<entity>.<field>
+            hint: write one of: entities.<entity>, entities.<entity>.fields.<field>, entities.<entity>.rules.<rule>, entities.<entity>.fields.<field>.options.<value>, roles.<role>, roles.<role>.entities.<entity>, roles.<role>.fields.<entity>.<field>
         loom.yaml:10:5 E133 'entities.lead' is listed twice in 'remove' (first at item 7)
             hint: list each once
         loom.yaml:11:5 E133 cannot remove 'entities.account.fields.name.options.x': field 'account.name' has no options
@@ -556,3 +556,25 @@ def test_acme_example_migrates(db_url, monkeypatch, capsys):
     assert main(["-p", str(ACME), "migrate", "--database", db_url]) == 0
     assert "create table installation" in capsys.readouterr().out
     assert main(["-p", str(ACME), "plan", "--database", db_url]) == 0
+
+
+def test_rules_merge_by_name_and_can_be_removed():
+    base_rules = """
+entities:
+  deal:
+    fields:
+      amount: {type: money}
+    rules:
+      positive: {check: "record.amount == null || record.amount > 0.0", message: Positive.}
+      small: {check: "record.amount == null || record.amount < 1000.0", message: Small.}
+"""
+    manifest = compile_files({
+        "../base/loom.yaml": "app: {name: Base}\ninclude: [entities.yaml]\n",
+        "../base/entities.yaml": base_rules,
+        "loom.yaml": "extends: ../base\napp: {name: Top}\ninclude: [entities.yaml]\nremove: [entities.deal.rules.small]\n",
+        "entities.yaml": "entities:\n  deal:\n    rules:\n      positive: {message: Must be positive.}\n"
+                         "      named: {check: \"record.amount != null\", message: Needs an amount.}\n",
+    })
+    rules = {r.name: r for r in manifest.entities["deal"].rules}
+    assert set(rules) == {"positive", "named"}
+    assert rules["positive"].message["en"] == "Must be positive." and "> 0.0" in rules["positive"].check.text

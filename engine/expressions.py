@@ -1,0 +1,130 @@
+"""CEL expressions: compiled once when the config compiles, checked against the fields they read,
+evaluated by the Rust-backed ``common-expression-language`` (a few microseconds each; never ``eval``).
+
+Variables: ``record`` (the record as it will be stored), ``old`` (the stored record before an update;
+on create every ``old.<field>`` is null), ``user`` (id, roles, teams and the user entity's fields),
+``now`` (a timestamp, UTC) and ``today`` (``"YYYY-MM-DD"`` in the app's time zone).
+
+Values as CEL sees them: text, enum and email as strings; integers as ints; decimal and money as
+doubles; dates as ``"YYYY-MM-DD"`` strings (so ``record.close_date < today`` compares correctly);
+datetimes as timestamps; refs as ids, refs and multi_enum as lists; an empty field as ``null``.
+
+Names are checked with cel-python's parser (the Rust package exposes no syntax tree): an unknown
+variable or field is a config error with did-you-mean.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import cel
+from celpy.celparser import CELParseError, CELParser
+from lark import Token, Tree
+
+from .errors import did_you_mean
+from .manifest import Entity
+
+__all__ = ["Expression", "ExpressionError", "compile_expression", "cel_values", "VARIABLES"]
+
+VARIABLES = ("record", "old", "user", "now", "today")
+#: Macros bind their first argument as a variable of their own: record.tags.all(t, t != "x").
+MACROS = frozenset({"all", "exists", "exists_one", "map", "filter"})
+USER_EXTRAS = ("id", "roles", "teams")
+
+
+class ExpressionError(Exception):
+    """An expression Loom cannot use: bad syntax, or a name that does not exist."""
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message, self.hint = message, hint
+
+
+@dataclass(frozen=True)
+class Expression:
+    """A checked, compiled CEL expression."""
+
+    text: str
+    program: Any  # cel.Program
+
+    def evaluate(self, variables: Mapping[str, Any]) -> Any:
+        """The value; raises whatever CEL raises (the caller turns it into a clear error)."""
+        return self.program.execute(dict(variables))
+
+
+def compile_expression(text: str, entity: Entity, user: Entity) -> Expression:
+    """Check ``text`` against ``entity`` (``record.*``, ``old.*``) and ``user`` and compile it."""
+    if not isinstance(text, str) or not text.strip():
+        raise ExpressionError("the expression is empty", "write a CEL expression, e.g. record.amount > 0")
+    try:
+        tree = CELParser().parse(text)
+    except CELParseError as exc:
+        hint = "compare with == (a single = is not an operator)" if re.search(r"(?<![=!<>])=(?!=)", text) \
+            else "see https://github.com/google/cel-spec for the syntax"
+        raise ExpressionError(f"'{text}' is not valid CEL (syntax error at column {exc.column or 1})", hint) from None
+    _check_names(tree, entity, user, _bound_names(tree))
+    try:
+        program = cel.compile(text)
+    except ValueError as exc:
+        raise ExpressionError(f"'{text}' is not valid CEL: {str(exc).splitlines()[0]}") from None
+    return Expression(text, program)
+
+
+def _bound_names(tree: Tree) -> set[str]:
+    bound = set()
+    for node in tree.iter_subtrees():
+        if node.data == "member_dot_arg" and str(node.children[1]) in MACROS and len(node.children) > 2:
+            args = node.children[2]
+            first = args.children[0] if isinstance(args, Tree) and args.children else None
+            for token in (first.scan_values(lambda v: isinstance(v, Token)) if isinstance(first, Tree) else ()):
+                bound.add(str(token))
+                break
+    return bound
+
+
+def _check_names(tree: Tree, entity: Entity, user: Entity, bound: set[str]) -> None:
+    fields = {"record": list(entity.fields), "old": list(entity.fields),
+              "user": list(dict.fromkeys([*USER_EXTRAS, *user.fields]))}
+    for node in tree.iter_subtrees():
+        if node.data == "member_dot":
+            base = _unwrap(node.children[0])
+            if isinstance(base, Tree) and base.data == "ident":
+                root, name = str(base.children[0]), str(node.children[1])
+                if root in fields and name not in fields[root]:
+                    owner = entity.name if root != "user" else "user"
+                    raise ExpressionError(f"{owner} has no field '{name}' ({root}.{name})",
+                                          did_you_mean(name, fields[root]) or f"its fields: {', '.join(fields[root])}")
+        elif node.data == "ident":
+            name = str(node.children[0])
+            if name not in VARIABLES and name not in bound:
+                raise ExpressionError(f"unknown name '{name}'", did_you_mean(name, VARIABLES)
+                                      or f"expressions read {', '.join(VARIABLES)}")
+
+
+def _unwrap(node: Any) -> Any:
+    while isinstance(node, Tree) and len(node.children) == 1 and isinstance(node.children[0], Tree) \
+            and node.data not in ("ident", "member_dot", "member_dot_arg"):
+        node = node.children[0]
+    return node
+
+
+def cel_value(value: Any) -> Any:
+    """A stored Python value in the form CEL expressions see (see the module docstring)."""
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    return value
+
+
+def cel_values(entity: Entity, record: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Every field of ``entity`` (null where ``record`` has no value), converted for CEL."""
+    record = record or {}
+    return {name: cel_value(record.get(name)) for name in entity.fields}
