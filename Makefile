@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/compile.py
 	$(BIN)/python bench/api.py
 	$(BIN)/python bench/security.py
+	$(BIN)/python bench/rules.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info examples/*/*.db*

@@ -19,7 +19,7 @@ import datetime as dt
 import decimal
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import cel
@@ -29,12 +29,13 @@ from lark import Token, Tree
 from .errors import did_you_mean
 from .manifest import Entity
 
-__all__ = ["Expression", "ExpressionError", "compile_expression", "cel_values", "VARIABLES"]
+__all__ = ["Expression", "ExpressionError", "compile_expression", "context", "reads_of", "cel_value", "VARIABLES"]
 
 VARIABLES = ("record", "old", "user", "now", "today")
 #: Macros bind their first argument as a variable of their own: record.tags.all(t, t != "x").
 MACROS = frozenset({"all", "exists", "exists_one", "map", "filter"})
 USER_EXTRAS = ("id", "roles", "teams")
+RECORDS = ("record", "old", "user")
 
 
 class ExpressionError(Exception):
@@ -47,14 +48,43 @@ class ExpressionError(Exception):
 
 @dataclass(frozen=True)
 class Expression:
-    """A checked, compiled CEL expression."""
+    """A checked, compiled CEL expression.
+
+    :ivar reads: the variables it reads, each with the fields it reads of them (empty for ``now``).
+    """
 
     text: str
     program: Any  # cel.Program
+    reads: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
-    def evaluate(self, variables: Mapping[str, Any]) -> Any:
-        """The value; raises whatever CEL raises (the caller turns it into a clear error)."""
-        return self.program.execute(dict(variables))
+    def evaluate(self, variables: Mapping[str, Any] | cel.Context) -> Any:
+        """The value; raises whatever CEL raises (the caller turns it into a clear error). Pass a
+        ``cel.Context`` (see :func:`context`) to evaluate several expressions over the same values:
+        converting the values costs far more than evaluating."""
+        return self.program.execute(variables if isinstance(variables, cel.Context) else dict(variables))
+
+
+def reads_of(expressions) -> dict[str, frozenset[str]]:
+    """What a set of expressions reads together (to build one context for all of them)."""
+    reads: dict[str, set[str]] = {}
+    for expression in expressions:
+        for name, fields in expression.reads.items():
+            reads.setdefault(name, set()).update(fields)
+    return {name: frozenset(fields) for name, fields in reads.items()}
+
+
+def context(reads: Mapping[str, frozenset[str]], values: Mapping[str, Any]) -> cel.Context:
+    """A CEL context holding only what ``reads`` names: of ``record``, ``old`` and ``user`` only the
+    fields read (``values`` holds them as plain mappings of Python values), converted once."""
+    variables: dict[str, Any] = {}
+    for name, fields in reads.items():
+        value = values.get(name)
+        if name in RECORDS:
+            value = value or {}
+            variables[name] = {f: cel_value(value.get(f)) for f in fields}
+        else:
+            variables[name] = cel_value(value)
+    return cel.Context(variables)
 
 
 def compile_expression(text: str, entity: Entity, user: Entity) -> Expression:
@@ -67,12 +97,12 @@ def compile_expression(text: str, entity: Entity, user: Entity) -> Expression:
         hint = "compare with == (a single = is not an operator)" if re.search(r"(?<![=!<>])=(?!=)", text) \
             else "see https://github.com/google/cel-spec for the syntax"
         raise ExpressionError(f"'{text}' is not valid CEL (syntax error at column {exc.column or 1})", hint) from None
-    _check_names(tree, entity, user, _bound_names(tree))
+    reads = _check_names(tree, entity, user, _bound_names(tree))
     try:
         program = cel.compile(text)
     except ValueError as exc:
         raise ExpressionError(f"'{text}' is not valid CEL: {str(exc).splitlines()[0]}") from None
-    return Expression(text, program)
+    return Expression(text, program, reads)
 
 
 def _bound_names(tree: Tree) -> set[str]:
@@ -87,9 +117,13 @@ def _bound_names(tree: Tree) -> set[str]:
     return bound
 
 
-def _check_names(tree: Tree, entity: Entity, user: Entity, bound: set[str]) -> None:
+def _check_names(tree: Tree, entity: Entity, user: Entity, bound: set[str]) -> dict[str, frozenset[str]]:
+    """Every name must exist; returns what the expression reads (variables, and fields of records).
+    A record read as a whole (``size(record)``) reads all its fields."""
     fields = {"record": list(entity.fields), "old": list(entity.fields),
               "user": list(dict.fromkeys([*USER_EXTRAS, *user.fields]))}
+    reads: dict[str, set[str]] = {}
+    members = set()
     for node in tree.iter_subtrees():
         if node.data == "member_dot":
             base = _unwrap(node.children[0])
@@ -99,11 +133,18 @@ def _check_names(tree: Tree, entity: Entity, user: Entity, bound: set[str]) -> N
                     owner = entity.name if root != "user" else "user"
                     raise ExpressionError(f"{owner} has no field '{name}' ({root}.{name})",
                                           did_you_mean(name, fields[root]) or f"its fields: {', '.join(fields[root])}")
-        elif node.data == "ident":
+                if root in fields:
+                    reads.setdefault(root, set()).add(name)
+                    members.add(id(base))
+    for node in tree.iter_subtrees():
+        if node.data == "ident":
             name = str(node.children[0])
             if name not in VARIABLES and name not in bound:
                 raise ExpressionError(f"unknown name '{name}'", did_you_mean(name, VARIABLES)
                                       or f"expressions read {', '.join(VARIABLES)}")
+            if name in VARIABLES and id(node) not in members:  # read as a whole
+                reads.setdefault(name, set()).update(fields.get(name, ()))
+    return {name: frozenset(names) for name, names in reads.items()}
 
 
 def _unwrap(node: Any) -> Any:
@@ -122,9 +163,3 @@ def cel_value(value: Any) -> Any:
     if isinstance(value, dt.date):
         return value.isoformat()
     return value
-
-
-def cel_values(entity: Entity, record: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Every field of ``entity`` (null where ``record`` has no value), converted for CEL."""
-    record = record or {}
-    return {name: cel_value(record.get(name)) for name in entity.fields}

@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ..database import write_lock
 from ..errors import Problem, did_you_mean
-from ..expressions import cel_values
+from ..expressions import context, reads_of
 from ..fieldtypes import FieldValueError
 from ..manifest import Entity, Manifest, text_for
 from ..plugins import call_hook, emit_event
@@ -44,6 +44,7 @@ class Records:
         self.pm = pm
         self.store = store
         self.sqlite = engine.dialect.name == "sqlite"
+        self._rule_reads: dict[str, dict] = {}  # entity -> what its rules read
 
     # --- transactions ----------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -98,9 +99,16 @@ class Records:
 
     def _rule_errors(self, ctx: Context, entity: Entity, record: dict, old: dict | None) -> list[dict[str, str]]:
         """The entity's validation rules (CEL): an error per failing rule and field, all together; a
-        rule that cannot be evaluated (say, a division by zero) is an error naming it, never a 500."""
-        variables = {"record": cel_values(entity, record), "old": cel_values(entity, old), "user": self._cel_user(ctx),
-                     "now": ctx.now, "today": ctx.now.astimezone(_zone(self.manifest.timezone)).date().isoformat()}
+        rule that cannot be evaluated (say, a division by zero) is an error naming it, never a 500.
+        The values are converted for CEL once per write, and only those the rules read."""
+        reads = self._rule_reads.get(entity.name)
+        if reads is None:
+            reads = self._rule_reads[entity.name] = reads_of(
+                e for rule in entity.rules for e in (rule.check, rule.when) if e is not None)
+        variables = context(reads, {
+            "record": record, "old": old, "now": ctx.now,
+            "user": self._cel_user(ctx) if "user" in reads else None,
+            "today": ctx.now.astimezone(_zone(self.manifest.timezone)).date().isoformat() if "today" in reads else None})
         locale = ctx.locale or self.manifest.locales[0]
         errors = []
         for rule in entity.rules:
@@ -120,11 +128,9 @@ class Records:
 
     def _cel_user(self, ctx: Context) -> dict[str, Any]:
         """``user`` for expressions: the caller's fields, id, roles and teams (nulls for Loom's own code)."""
-        user_entity = self.manifest.entities["user"]
         known = ctx.access.user if ctx.access is not None else {}
-        values = cel_values(user_entity, known)
-        values.update(id=ctx.actor, roles=list(known.get("roles") or []), teams=list(known.get("teams") or []))
-        return values
+        return {**known, "id": ctx.actor, "roles": list(known.get("roles") or []),
+                "teams": list(known.get("teams") or [])}
 
     # --- reading ---------------------------------------------------------------------------------
     def get(self, entity: Entity, record_id: int, ctx: Context, *, fields: list[str] | None = None,

@@ -1,0 +1,100 @@
+"""What validation rules cost: creates per second of one entity with 10 CEL rules against the same
+entity without rules, through the write pipeline (Python API, SQLite file, one process), plus the
+cost of evaluating the rules of one record.
+
+    .venv/bin/python bench/rules.py                 # 3000 creates per variant, 3 rounds
+    .venv/bin/python bench/rules.py --creates 10000 --database-url postgresql+psycopg://postgres@127.0.0.1:5432/test
+
+Target (issue 5, with computed fields and a workflow once they exist): at most 15 % fewer creates per
+second. A figure, not a test: nothing here asserts on timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from api import database
+
+RULES = {
+    "positive_amount": "record.amount == null || record.amount > 0.0",
+    "discount_limit": "record.discount == null || record.amount != null && record.discount <= record.amount * 0.2",
+    "won_needs_amount": "record.stage != 'won' || record.amount != null",
+    "title_length": "size(record.title) >= 3",
+    "close_after_open": "record.close_date == null || record.close_date >= '2020-01-01'",
+    "units_positive": "record.units == null || record.units > 0",
+    "probability_range": "record.probability == null || record.probability >= 0 && record.probability <= 100",
+    "lost_needs_reason": "record.stage != 'lost' || record.reason != null",
+    "big_deals_need_units": "record.amount == null || record.amount < 100000.0 || record.units != null",
+    "no_shrinking": "old.amount == null || record.amount == null || record.amount >= old.amount",
+}
+FIELDS = """
+      title: {type: string, required: true}
+      amount: {type: money}
+      discount: {type: money}
+      stage: {type: enum, options: [open, won, lost], default: open}
+      close_date: {type: date}
+      units: {type: integer}
+      probability: {type: integer}
+      reason: {type: string}
+"""
+
+
+def project(with_rules: bool) -> dict[str, str]:
+    rules = "".join(f"      {name}: {{check: \"{text}\", message: {name}}}\n" for name, text in RULES.items())
+    text = "entities:\n  deal:\n    fields:" + FIELDS + ("    rules:\n" + rules if with_rules else "")
+    return {"loom.yaml": "app: {name: Bench}\ninclude: [entities.yaml]\n", "entities.yaml": text}
+
+
+def body(i: int) -> dict:
+    return {"title": f"Deal {i}", "amount": f"{1000 + i}.50", "discount": "100", "stage": "open",
+            "close_date": "2027-01-01", "units": 3, "probability": 40}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--creates", type=int, default=3000)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--database-url", help="as in bench/api.py (default: a temporary SQLite file)")
+    args = p.parse_args()
+
+    from loomcrm.engine.runtime.context import Context
+    from loomcrm.engine.testing import make_loom
+
+    results: dict[str, list[float]] = {"plain": [], "10 rules": []}
+    with tempfile.TemporaryDirectory(prefix="loom-bench-rules-") as tmp:
+        for variant, with_rules in (("plain", False), ("10 rules", True)):
+            with database(args.database_url, Path(tmp) / variant) as url:
+                if url.startswith("sqlite"):
+                    (Path(tmp) / variant).mkdir(exist_ok=True)
+                loom = make_loom(project(with_rules), url)
+                entity = loom.entity("deal")
+                try:
+                    for round_ in range(args.rounds):
+                        started = time.perf_counter()
+                        for i in range(args.creates):
+                            loom.records.create(entity, body(i), Context(channel="python"))
+                        results[variant].append(args.creates / (time.perf_counter() - started))
+                        print(f"  {variant:<9} round {round_ + 1}: {results[variant][-1]:8.0f} creates/s", flush=True)
+                    if with_rules:
+                        record = {**body(0), "amount": 1000.5, "discount": 100.0}
+                        ctx = Context(channel="python")
+                        started = time.perf_counter()
+                        n = 20000
+                        for _ in range(n):
+                            loom.records._rule_errors(ctx, entity, record, None)
+                        per_record = (time.perf_counter() - started) / n * 1e6
+                finally:
+                    loom.close()
+    plain, ruled = statistics.median(results["plain"]), statistics.median(results["10 rules"])
+    print(f"\nplain entity:   {plain:8.0f} creates/s (median of {args.rounds})")
+    print(f"with 10 rules:  {ruled:8.0f} creates/s  -> overhead {100 * (1 - ruled / plain):.1f} % (target <= 15 %)")
+    print(f"evaluating the 10 rules of one record: {per_record:.1f} us ({per_record / 10:.1f} us per rule, "
+          "variables included)")
+
+
+if __name__ == "__main__":
+    main()
