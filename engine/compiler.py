@@ -393,7 +393,8 @@ def _compile_field(loaded, entity, name, spec: FieldSpec, types, app, errors) ->
                            key=False))
     field = Field(
         name=name, type=spec.type, field_type=field_type, column=None, label=label, help=help_text,
-        required=spec.required, unique=spec.unique, indexed=spec.indexed, read_only=spec.read_only,
+        required=spec.required, unique=spec.unique, indexed=spec.indexed,
+        read_only=spec.read_only or spec.compute is not None,
         min=_bound(field_type, spec.min), max=_bound(field_type, spec.max), pattern=spec.pattern,
         params=params, source=str(loaded.where(entity, *path, key=True)),
     )
@@ -485,6 +486,23 @@ def _add_rules(loaded, entities: dict[str, Entity], locales, errors) -> dict[str
             if "check" in compiled and not unknown:
                 rules.append(Rule(rule_name, compiled["check"], localized(rule.message, locales),
                                   compiled.get("when"), tuple(rule.fields)))
+        computed = {}
+        for fname, fspec in (spec.fields.items() if spec else ()):
+            if fspec.compute is None or fname not in entity.fields:
+                continue
+            if fspec.type in ("refs",) or entity.fields[fname].column is None:
+                errors.append(_err(loaded, name, ("fields", fname, "compute"), "E126",
+                                   f"a {fspec.type} field cannot be computed", "compute a field stored in a column",
+                                   key=False))
+                continue
+            try:
+                computed[fname] = replace(entity.fields[fname],
+                                          compute=compile_expression(fspec.compute, entity, entities["user"]))
+            except ExpressionError as exc:
+                errors.append(_err(loaded, name, ("fields", fname, "compute"), "E135",
+                                   f"computed field '{name}.{fname}': {exc.message}", exc.hint, key=False))
+        if computed:
+            entity = replace(entity, fields={n: computed.get(n, f) for n, f in entity.fields.items()})
         result[name] = replace(entity, rules=tuple(rules)) if rules else entity
     return result
 

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 __all__ = ["FieldType", "FieldValueError", "COMMON_OPTIONS", "FILTER_OPS"]
 
 #: Spec keys every field type accepts.
-COMMON_OPTIONS = frozenset({"type", "label", "help", "required", "unique", "indexed", "read_only", "default"})
+COMMON_OPTIONS = frozenset({"type", "label", "help", "required", "unique", "indexed", "read_only", "default",
+                            "compute"})
 
 #: Every list filter operator the API knows.
 FILTER_OPS = ("eq", "ne", "lt", "lte", "gt", "gte", "in", "contains", "startswith", "isnull")

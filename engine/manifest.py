@@ -79,6 +79,7 @@ class Field:
     params: dict[str, Any] = field(default_factory=dict)
     system: bool = False
     source: str = ""
+    compute: Any = field(default=None, compare=False, repr=False)  # expressions.Expression: recomputed on save
 
     @property
     def writable(self) -> bool:

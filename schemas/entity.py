@@ -62,6 +62,9 @@ class FieldSpec(SpecModel):
     related_name: str | None = Field(
         None, description="ref/refs: name of the reverse list on the target (default: this entity's plural)."
     )
+    compute: str | None = Field(
+        None, description="CEL giving the value, recomputed on every save (the field is read-only, stored, "
+        "filterable and sortable): `record.amount * record.probability / 100.0`.")
     json_schema: dict[str, Any] | None = Field(
         None, description="json: a JSON Schema (draft 2020-12) every value must satisfy."
     )

@@ -97,6 +97,36 @@ class Records:
         if errors:
             raise invalid(errors)
 
+    def _compute(self, ctx: Context, entity: Entity, record: dict, into: dict, old: dict | None) -> None:
+        """Set every computed field (``compute:``) of ``record`` in ``into``, in field order, each value
+        checked by its field type; a value that cannot be computed or does not fit is a 422."""
+        computed = [f for f in entity.user_fields if f.compute is not None]
+        if not computed:
+            return
+        record = dict(record)
+        errors = []
+        for field in computed:
+            variables = context(field.compute.reads, {"record": record, "old": old, "now": ctx.now,
+                                                      "user": self._cel_user(ctx), "today": self._today(ctx)})
+            try:
+                value = field.compute.evaluate(variables)
+                if isinstance(value, float) and "scale" in field.params:  # decimal arithmetic in CEL is binary
+                    value = round(value, field.params["scale"])
+                value = None if value is None else field.field_type.parse(field, value)
+            except FieldValueError as exc:
+                errors.append(_error(field.name, exc.code, f"the computed value {exc.message}"))
+                continue
+            except Exception as exc:
+                errors.append(_error(field.name, "compute_error", f"{entity.name}.{field.name} could not be "
+                                     f"computed: {type(exc).__name__}: {exc}"))
+                continue
+            record[field.name] = into[field.name] = value
+        if errors:
+            raise invalid(errors)
+
+    def _today(self, ctx: Context) -> str:
+        return ctx.now.astimezone(_zone(self.manifest.timezone)).date().isoformat()
+
     def _rule_errors(self, ctx: Context, entity: Entity, record: dict, old: dict | None) -> list[dict[str, str]]:
         """The entity's validation rules (CEL): an error per failing rule and field, all together; a
         rule that cannot be evaluated (say, a division by zero) is an error naming it, never a 500.
@@ -108,7 +138,7 @@ class Records:
         variables = context(reads, {
             "record": record, "old": old, "now": ctx.now,
             "user": self._cel_user(ctx) if "user" in reads else None,
-            "today": ctx.now.astimezone(_zone(self.manifest.timezone)).date().isoformat() if "today" in reads else None})
+            "today": self._today(ctx) if "today" in reads else None})
         locale = ctx.locale or self.manifest.locales[0]
         errors = []
         for rule in entity.rules:
@@ -248,6 +278,7 @@ class Records:
                     before = dict(values)
                     self._run("loom_before_create", ctx=ctx, entity=entity, data=values)
                     self._revalidate(entity, before, values)
+                self._compute(ctx, entity, values, values, None)
                 self._check_references(conn, entity, values, ctx)
                 self._check_record(ctx, entity, "create", values, None)
                 values.update(created_at=ctx.now, updated_at=ctx.now, created_by=ctx.actor,
@@ -284,6 +315,7 @@ class Records:
                 cleared = [n for n, v in changes.items() if v is None and entity.fields[n].required]
                 if cleared:
                     raise invalid([_error(n, "required", "is required and cannot be emptied") for n in cleared])
+                self._compute(ctx, entity, {**old, **changes}, changes, old)
                 self._check_references(conn, entity, changes, ctx)
                 self._check_record(ctx, entity, "update", {**old, **changes}, old)
                 changes.update(updated_at=ctx.now, updated_by=ctx.actor)
