@@ -45,6 +45,7 @@ class Records:
         self.store = store
         self.sqlite = engine.dialect.name == "sqlite"
         self._rule_reads: dict[str, dict] = {}  # entity -> what its rules read
+        self._compute_plans: dict[str, tuple] = {}  # entity -> (computed fields, what they read)
 
     # --- transactions ----------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -99,15 +100,21 @@ class Records:
 
     def _compute(self, ctx: Context, entity: Entity, record: dict, into: dict, old: dict | None) -> None:
         """Set every computed field (``compute:``) of ``record`` in ``into``, in field order, each value
-        checked by its field type; a value that cannot be computed or does not fit is a 422."""
-        computed = [f for f in entity.user_fields if f.compute is not None]
+        checked by its field type; a value that cannot be computed or does not fit is a 422. One CEL
+        context serves them all, rebuilt only after a value that a later computation reads."""
+        plan = self._compute_plans.get(entity.name)
+        if plan is None:
+            computed = [f for f in entity.user_fields if f.compute is not None]
+            plan = self._compute_plans[entity.name] = (computed, reads_of(f.compute for f in computed))
+        computed, reads = plan
         if not computed:
             return
-        record = dict(record)
-        errors = []
+        record, variables, errors = dict(record), None, []
         for field in computed:
-            variables = context(field.compute.reads, {"record": record, "old": old, "now": ctx.now,
-                                                      "user": self._cel_user(ctx), "today": self._today(ctx)})
+            if variables is None:
+                variables = context(reads, {"record": record, "old": old, "now": ctx.now,
+                                            "today": self._today(ctx) if "today" in reads else None,
+                                            "user": self._cel_user(ctx) if "user" in reads else None})
             try:
                 value = field.compute.evaluate(variables)
                 if isinstance(value, float) and "scale" in field.params:  # decimal arithmetic in CEL is binary
@@ -121,6 +128,8 @@ class Records:
                                      f"computed: {type(exc).__name__}: {exc}"))
                 continue
             record[field.name] = into[field.name] = value
+            if field.name in reads.get("record", ()):
+                variables = None  # a later computation reads this value
         if errors:
             raise invalid(errors)
 
