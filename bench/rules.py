@@ -93,7 +93,7 @@ def main() -> None:
                         started = time.perf_counter()
                         n = 20000
                         for _ in range(n):
-                            loom.records._rule_errors(ctx, entity, record, None)
+                            loom.records.rules.errors(ctx, entity, record, None)
                         per_record = (time.perf_counter() - started) / n * 1e6
                 finally:
                     loom.close()

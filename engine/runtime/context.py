@@ -8,9 +8,19 @@ from typing import Any
 
 import sqlalchemy as sa
 
-__all__ = ["Context", "CHANNELS", "utcnow"]
+__all__ = ["Context", "CHANNELS", "utcnow", "zone"]
 
 CHANNELS = ("api", "admin", "import", "python", "seed", "cli")
+
+
+def zone(name: str) -> dt.tzinfo:
+    """The time zone ``name`` (the app's ``timezone``, checked when the config compiles), else UTC."""
+    from zoneinfo import ZoneInfo
+
+    try:
+        return ZoneInfo(name)
+    except Exception:
+        return dt.UTC
 
 
 def utcnow() -> dt.datetime:

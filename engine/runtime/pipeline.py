@@ -8,7 +8,6 @@ Reads go through here too, so later stages (row and field security) have one pla
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -19,15 +18,15 @@ from sqlalchemy.exc import IntegrityError
 
 from ..database import write_lock
 from ..errors import Problem, did_you_mean
-from ..expressions import context, reads_of
 from ..fieldtypes import FieldValueError
-from ..manifest import Entity, Manifest, text_for
+from ..manifest import Entity, Manifest
 from ..plugins import call_hook, emit_event
 from .access import describe_reach, forbidden
 from .audit import history_page, write_entries
-from .context import Context
+from .context import Context, zone
 from .persistence import Store, dump_record
 from .query import ListQuery
+from .rules import RecordRules
 
 __all__ = ["Records"]
 
@@ -44,8 +43,7 @@ class Records:
         self.pm = pm
         self.store = store
         self.sqlite = engine.dialect.name == "sqlite"
-        self._rule_reads: dict[str, dict] = {}  # entity -> what its rules read
-        self._compute_plans: dict[str, tuple] = {}  # entity -> (computed fields, what they read)
+        self.rules = RecordRules(manifest)
 
     # --- transactions ----------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -89,7 +87,7 @@ class Records:
                 raise forbidden("; ".join(str(r) for r in reasons))
         if operation == "delete":
             return
-        errors = self._rule_errors(ctx, entity, record, old) if entity.rules else []
+        errors = self.rules.errors(ctx, entity, record, old) if entity.rules else []
         if self._implemented("loom_validate_record"):
             errors += [{"field": str(e.get("field", "")), "code": str(e.get("code", "invalid")),
                         "message": str(e.get("message", ""))}
@@ -97,79 +95,6 @@ class Records:
                                                record=record, old=old) for e in result or ()]
         if errors:
             raise invalid(errors)
-
-    def _compute(self, ctx: Context, entity: Entity, record: dict, into: dict, old: dict | None) -> None:
-        """Set every computed field (``compute:``) of ``record`` in ``into``, in field order, each value
-        checked by its field type; a value that cannot be computed or does not fit is a 422. One CEL
-        context serves them all, rebuilt only after a value that a later computation reads."""
-        plan = self._compute_plans.get(entity.name)
-        if plan is None:
-            computed = [f for f in entity.user_fields if f.compute is not None]
-            plan = self._compute_plans[entity.name] = (computed, reads_of(f.compute for f in computed))
-        computed, reads = plan
-        if not computed:
-            return
-        record, variables, errors = dict(record), None, []
-        for field in computed:
-            if variables is None:
-                variables = context(reads, {"record": record, "old": old, "now": ctx.now,
-                                            "today": self._today(ctx) if "today" in reads else None,
-                                            "user": self._cel_user(ctx) if "user" in reads else None})
-            try:
-                value = field.compute.evaluate(variables)
-                if isinstance(value, float) and "scale" in field.params:  # decimal arithmetic in CEL is binary
-                    value = round(value, field.params["scale"])
-                value = None if value is None else field.field_type.parse(field, value)
-            except FieldValueError as exc:
-                errors.append(_error(field.name, exc.code, f"the computed value {exc.message}"))
-                continue
-            except Exception as exc:
-                errors.append(_error(field.name, "compute_error", f"{entity.name}.{field.name} could not be "
-                                     f"computed: {type(exc).__name__}: {exc}"))
-                continue
-            record[field.name] = into[field.name] = value
-            if field.name in reads.get("record", ()):
-                variables = None  # a later computation reads this value
-        if errors:
-            raise invalid(errors)
-
-    def _today(self, ctx: Context) -> str:
-        return ctx.now.astimezone(_zone(self.manifest.timezone)).date().isoformat()
-
-    def _rule_errors(self, ctx: Context, entity: Entity, record: dict, old: dict | None) -> list[dict[str, str]]:
-        """The entity's validation rules (CEL): an error per failing rule and field, all together; a
-        rule that cannot be evaluated (say, a division by zero) is an error naming it, never a 500.
-        The values are converted for CEL once per write, and only those the rules read."""
-        reads = self._rule_reads.get(entity.name)
-        if reads is None:
-            reads = self._rule_reads[entity.name] = reads_of(
-                e for rule in entity.rules for e in (rule.check, rule.when) if e is not None)
-        variables = context(reads, {
-            "record": record, "old": old, "now": ctx.now,
-            "user": self._cel_user(ctx) if "user" in reads else None,
-            "today": self._today(ctx) if "today" in reads else None})
-        locale = ctx.locale or self.manifest.locales[0]
-        errors = []
-        for rule in entity.rules:
-            try:
-                if rule.when is not None and rule.when.evaluate(variables) is not True:
-                    continue
-                passed = rule.check.evaluate(variables)
-                message = text_for(rule.message, locale)
-            except Exception as exc:  # CEL raises plain Python errors (ZeroDivisionError, KeyError...)
-                passed, message = None, f"rule '{rule.name}' could not be evaluated: {type(exc).__name__}: {exc}"
-            if passed is not True:
-                code = rule.name if passed is False else "rule_error"
-                if passed not in (True, False, None):
-                    message = f"rule '{rule.name}' must give true or false, not {passed!r}"
-                errors += [_error(f, code, message) for f in rule.fields or ("",)]
-        return errors
-
-    def _cel_user(self, ctx: Context) -> dict[str, Any]:
-        """``user`` for expressions: the caller's fields, id, roles and teams (nulls for Loom's own code)."""
-        known = ctx.access.user if ctx.access is not None else {}
-        return {**known, "id": ctx.actor, "roles": list(known.get("roles") or []),
-                "teams": list(known.get("teams") or [])}
 
     # --- reading ---------------------------------------------------------------------------------
     def get(self, entity: Entity, record_id: int, ctx: Context, *, fields: list[str] | None = None,
@@ -287,7 +212,7 @@ class Records:
                     before = dict(values)
                     self._run("loom_before_create", ctx=ctx, entity=entity, data=values)
                     self._revalidate(entity, before, values)
-                self._compute(ctx, entity, values, values, None)
+                self.rules.compute(ctx, entity, values, values, None)
                 self._check_references(conn, entity, values, ctx)
                 self._check_record(ctx, entity, "create", values, None)
                 values.update(created_at=ctx.now, updated_at=ctx.now, created_by=ctx.actor,
@@ -324,7 +249,7 @@ class Records:
                 cleared = [n for n, v in changes.items() if v is None and entity.fields[n].required]
                 if cleared:
                     raise invalid([_error(n, "required", "is required and cannot be emptied") for n in cleared])
-                self._compute(ctx, entity, {**old, **changes}, changes, old)
+                self.rules.compute(ctx, entity, {**old, **changes}, changes, old)
                 self._check_references(conn, entity, changes, ctx)
                 self._check_record(ctx, entity, "update", {**old, **changes}, old)
                 changes.update(updated_at=ctx.now, updated_by=ctx.actor)
@@ -493,7 +418,7 @@ class Records:
             if field.dynamic_default == "now":
                 values[field.name] = ctx.now
             elif field.dynamic_default == "today":
-                values[field.name] = ctx.now.astimezone(_zone(self.manifest.timezone)).date() \
+                values[field.name] = ctx.now.astimezone(zone(self.manifest.timezone)).date() \
                     if field.type == "date" else ctx.now
             elif field.dynamic_default == "current_user":
                 values[field.name] = ctx.actor
@@ -612,12 +537,3 @@ def stale(entity: Entity, record_id: int, current: int | None) -> Problem:
     detail += f" (now at version {current})" if current is not None else ""
     return Problem(409, "Version conflict", detail=detail + "; reload it and apply your change again",
                    errors=[_error("version", "stale", detail)])
-
-
-def _zone(name: str) -> dt.tzinfo:
-    from zoneinfo import ZoneInfo
-
-    try:
-        return ZoneInfo(name)
-    except Exception:
-        return dt.UTC
