@@ -22,6 +22,11 @@ def project_files(entities_yaml: str, *, app: str = "app: {name: Test CRM, local
 
 def compile_files(files: dict[str, str], *, plugins: list | None = None):
     """Compile a project given as ``{path: yaml text}`` into a Manifest (raises ConfigErrors)."""
+    return _compiled(files, plugins)[0]
+
+
+def _compiled(files: dict[str, str], plugins: list | None):
+    """(Manifest, plugin manager) of a project given as texts, plugins' contributions included."""
     from .compiler import compile_manifest, with_contributions
     from .loader import load_config_text
     from .plugins import make_plugin_manager
@@ -29,7 +34,7 @@ def compile_files(files: dict[str, str], *, plugins: list | None = None):
     loaded = load_config_text(files)
     pm = make_plugin_manager([*loaded.project.plugins, *(plugins or [])])
     loaded = with_contributions(loaded, pm, lambda contributions: load_config_text(files, contributions=contributions))
-    return compile_manifest(loaded, pm)
+    return compile_manifest(loaded, pm), pm
 
 
 def config_errors(files: dict[str, str], **kwargs) -> str:
@@ -47,14 +52,8 @@ def make_loom(files: dict[str, str], database_url: str, *, plugins: list | None 
     """Load, compile and (by default) migrate a project given as ``{path: yaml text}``."""
     from .app import Loom
     from .commands import migrate_manifest
-    from .compiler import compile_manifest, with_contributions
-    from .loader import load_config_text
-    from .plugins import make_plugin_manager
 
-    loaded = load_config_text(files)
-    pm = make_plugin_manager([*loaded.project.plugins, *(plugins or [])])
-    loaded = with_contributions(loaded, pm, lambda contributions: load_config_text(files, contributions=contributions))
-    manifest = compile_manifest(loaded, pm)
+    manifest, pm = _compiled(files, plugins)
     if migrate:
         migrate_manifest(manifest, database_url=database_url)
     return Loom.from_manifest(manifest, pm, database_url=database_url)

@@ -82,28 +82,26 @@ class Auth:
 
     def _plugin_user(self, actor: int, channel: str) -> Context:
         """A user a plugin identified: they must exist and be active."""
-        key = f"plugin:{actor}"
-        hit = self._cache.get(key)
-        if hit and hit[0] > time.monotonic():
-            return Context(actor=hit[1], channel=channel, access=hit[2])
         users = self.user_table
-        with self.loom.engine.connect() as conn:
-            active = conn.execute(sa.select(users.c.active).where(users.c.id == actor)).scalar()
-            access = access_for(self.loom.policies, self.loom.records.store, conn, actor) if active else None
-        if not active:
+        found, access = self._cached(f"plugin:{actor}", lambda conn: conn.execute(
+            sa.select(users.c.id).where(users.c.id == actor, users.c.active.is_(True))).scalar())
+        if found is None:
             raise Problem(401, "Unauthorized", detail="the signed-in user does not exist or is disabled")
-        with self._lock:
-            self._cache[key] = (time.monotonic() + CACHE_SECONDS, actor, access)
-        return Context(actor=actor, channel=channel, access=access)
+        return Context(actor=found, channel=channel, access=access)
 
     def _caller(self, kind: str, secret: str) -> tuple[int | None, Access | None]:
-        """The user behind a secret and what they may do, cached for :data:`CACHE_SECONDS`."""
-        key = f"{kind}:{_digest(secret)}"
+        """The user behind a secret and what they may do."""
+        digest = _digest(secret)
+        return self._cached(f"{kind}:{digest}", lambda conn: self._lookup(conn, kind, digest))
+
+    def _cached(self, key: str, find) -> tuple[int | None, Access | None]:
+        """``find(conn)`` -> the active user's id or None, and that user's Access, cached for
+        :data:`CACHE_SECONDS` under ``key``."""
         hit = self._cache.get(key)
         if hit and hit[0] > time.monotonic():
             return hit[1], hit[2]
         with self.loom.engine.connect() as conn:
-            actor = self._lookup(conn, kind, key.split(":", 1)[1])
+            actor = find(conn)
             access = access_for(self.loom.policies, self.loom.records.store, conn, actor) if actor else None
         with self._lock:
             if len(self._cache) > 10_000:

@@ -326,12 +326,11 @@ class Records:
                  operation: str) -> dict:
         """The stored record, locked for this write; 404 if absent (or unreadable for the caller),
         403 if readable but outside the caller's scope for ``operation``, 409 if not at ``version``."""
-        record = self.store.fetch(conn, entity, record_id, for_update=True)
+        access = ctx.access  # what the caller cannot read does not exist for them
+        rows = access.rows(entity, "read") if access is not None else None
+        record = self.store.fetch(conn, entity, record_id, for_update=True, rows=rows)
         if record is None:
             raise not_found(entity, record_id)
-        access = ctx.access
-        if access is not None:
-            self._find(conn, entity, record_id, ctx)  # what the caller cannot read does not exist for them
         if access is not None and not self.store.in_rows(conn, entity, record_id, access.rows(entity, operation)):
             verb = "change" if operation == "update" else operation
             raise forbidden(f"your roles allow you to {verb} only some {entity.name} records "
@@ -365,11 +364,7 @@ class Records:
             if refs:
                 with self.reading() as conn:
                     for name, (target_name, ref_id) in refs.items():
-                        target = self.manifest.entities[target_name]
-                        rows = access.rows(target, "read") if access is not None and access.can(target, "read") \
-                            else None
-                        readable = access is None or access.can(target, "read")
-                        if not readable or not self.store.exists(conn, target, [ref_id], rows):
+                        if not self._pointable(conn, self.manifest.entities[target_name], [ref_id], access):
                             problem.errors.append(_error(name, "not_found", f"no {target_name} with id {ref_id}"))
             raise
 
@@ -436,18 +431,22 @@ class Records:
             if field.type not in ("ref", "refs") or values.get(field.name) in (None, []):
                 continue
             target = self.manifest.entities[field.target]
+            if access.can(target, "read") and access.rows(target, "read") is None:
+                continue  # every existing record is readable; the foreign key checks existence
             ids = list(values[field.name]) if field.type == "refs" else [values[field.name]]
-            if access.can(target, "read"):
-                rows = access.rows(target, "read")
-                if rows is None:
-                    continue  # every existing record is readable; the foreign key checks existence
-                missing = sorted(set(ids) - self.store.exists(conn, target, ids, rows))
-            else:
-                missing = sorted(ids)
+            missing = sorted(set(ids) - self._pointable(conn, target, ids, access))
             if missing:
                 errors.append(_error(field.name, "not_found", f"no {target.name} with id {', '.join(map(str, missing))}"))
         if errors:
             raise invalid(errors)
+
+    def _pointable(self, conn, target: Entity, ids: list[int], access) -> set[int]:
+        """Which of ``ids`` exist and (for a restricted caller) are within their read scope."""
+        if access is None:
+            return self.store.exists(conn, target, ids)
+        if not access.can(target, "read"):
+            return set()
+        return self.store.exists(conn, target, ids, access.rows(target, "read"))
 
     def _write_links(self, conn, entity: Entity, record_id: int, values: dict) -> bool:
         """Store many-to-many links given in ``values``; True if the entity has any refs fields."""
