@@ -36,9 +36,12 @@ from .names import (
     humanize,
     pluralize,
 )
+from .automation import compile_automation
 from .plugins import call_hook, field_types, make_plugin_manager
 from .policy import compile_roles
+from .rollups import add_rollups
 from .validation import describe_path
+from .webhooks import compile_webhooks
 
 __all__ = ["compile_manifest", "compile_project", "IDENTIFIER", "RESERVED_ENTITY_NAMES"]
 
@@ -115,7 +118,12 @@ def compile_manifest(loaded: LoadedConfig, pm: pluggy.PluginManager) -> Manifest
         entities = _add_relations(loaded, entities, errors)
     if not errors:
         entities = _add_rules(loaded, entities, app.locales, errors)
+    if not errors:
+        entities = add_rollups(loaded, entities, errors)
     roles = compile_roles(loaded, entities, app.locales[0], errors)
+    workflows, automations, schedules = compile_automation(loaded, entities, roles, pm, errors) \
+        if not errors else ({}, {}, {})
+    webhooks = compile_webhooks(loaded, entities, errors) if not errors else {}
     database = loaded.project.database
     url = ""
     try:
@@ -142,6 +150,10 @@ def compile_manifest(loaded: LoadedConfig, pm: pluggy.PluginManager) -> Manifest
         audit_retain_days=loaded.project.audit.retain_days if loaded.project.audit else None,
         auth=(loaded.project.auth or AuthSpec()).model_dump(),
         roles=roles,
+        workflows=workflows,
+        automations=automations,
+        schedules=schedules,
+        webhooks=webhooks,
     )
     _plugin_checks(loaded, manifest, pm)
     return manifest

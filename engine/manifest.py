@@ -80,6 +80,8 @@ class Field:
     system: bool = False
     source: str = ""
     compute: Any = field(default=None, compare=False, repr=False)  # expressions.Expression: recomputed on save
+    default_expr: Any = field(default=None, compare=False, repr=False)  # expressions.Expression: value on create
+    rollup: Any = field(default=None, compare=False, repr=False)  # rollups.Rollup: summary of child records
 
     @property
     def writable(self) -> bool:
@@ -221,6 +223,10 @@ class Manifest:
     roles: dict[str, Any] = field(default_factory=dict)  # name -> policy.RolePolicy
     auth: dict[str, Any] = field(default_factory=lambda: {"required": True, "session_hours": 12, "max_failures": 5,
                                                           "lockout_minutes": 15})
+    workflows: dict[str, Any] = field(default_factory=dict)  # name -> automation.Workflow
+    automations: dict[str, Any] = field(default_factory=dict)  # name -> automation.Automation
+    schedules: dict[str, Any] = field(default_factory=dict)  # name -> automation.Schedule
+    webhooks: dict[str, Any] = field(default_factory=dict)  # name -> webhooks.Webhook
 
     def to_json(self) -> dict[str, Any]:
         """The schema-relevant content: stored with each migration and diffed by the planner."""

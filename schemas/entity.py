@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["EntitySpec", "FieldSpec", "IndexSpec", "Label", "OptionSpec", "RuleSpec"]
+__all__ = ["EntitySpec", "FieldSpec", "IndexSpec", "Label", "OptionSpec", "RollupSpec", "RuleSpec"]
 
 #: Text a person reads: either one string, or one string per locale (``{en: Account, zh: 客户}``).
 Label = str | dict[str, str]
@@ -25,6 +25,17 @@ class OptionSpec(SpecModel):
 
     value: str = Field(description="Stored value; any Unicode text (e.g. 在售).")
     label: Label | None = Field(None, description="Shown instead of the value; plain or per locale.")
+
+
+class RollupSpec(SpecModel):
+    """``rollup:`` of a field: e.g. an account's won amount is ``{of: opportunity.account, op: sum,
+    field: amount, where: "record.stage == 'won'"}``."""
+
+    of: str = Field(description="`<child entity>.<ref field>`: the records whose ref field points here.")
+    op: Literal["count", "sum", "min", "max"] = "count"
+    field: str | None = Field(None, description="The child field summed or compared (not needed for count).")
+    where: str | None = Field(None, description="CEL over the child `record` (compiled to SQL, like a row "
+                              "rule): only children it is true for.")
 
 
 class FieldSpec(SpecModel):
@@ -65,6 +76,12 @@ class FieldSpec(SpecModel):
     compute: str | None = Field(
         None, description="CEL giving the value, recomputed on every save (the field is read-only, stored, "
         "filterable and sortable): `record.amount * record.probability / 100.0`.")
+    default_expr: str | None = Field(
+        None, description="CEL giving the value when a new record has none, e.g. `today` or "
+        "`record.amount * 0.1`; unlike `compute`, people may change it afterwards.")
+    rollup: RollupSpec | None = Field(
+        None, description="A summary of the records pointing at this one (count, sum, min, max), computed in "
+        "SQL and kept current whenever they change; read-only, stored, filterable and sortable.")
     json_schema: dict[str, Any] | None = Field(
         None, description="json: a JSON Schema (draft 2020-12) every value must satisfy."
     )

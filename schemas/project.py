@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from .automation import AutomationSpec, ScheduleSpec, WebhookSpec, WorkflowSpec
 from .entity import EntitySpec, SpecModel
 from .security import RoleSpec
 
@@ -71,6 +72,10 @@ class ConfigFileSpec(SpecModel):
     auth: AuthSpec | None = None
     roles: dict[str, RoleSpec] = Field(default_factory=dict)
     entities: dict[str, EntitySpec] = Field(default_factory=dict)
+    workflows: dict[str, WorkflowSpec] = Field(default_factory=dict, description="State machines by name.")
+    automations: dict[str, AutomationSpec] = Field(default_factory=dict, description="Actions on record events, by name.")
+    schedules: dict[str, ScheduleSpec] = Field(default_factory=dict, description="Time-based rules run by `loom worker`.")
+    webhooks: dict[str, WebhookSpec] = Field(default_factory=dict, description="Webhook subscriptions by name.")
 
 
 #: Keys that mean something only in the project file.
