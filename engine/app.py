@@ -25,6 +25,7 @@ from loomcrm.generators.models import build_models
 from loomcrm.generators.routes import admin_router, auth_router, entity_router
 from loomcrm.generators.tables import build_metadata
 from loomcrm.generators.templates import template_environment
+from loomcrm.generators.webhook_routes import webhook_router
 
 from .compiler import compile_project
 from .database import create_db_engine
@@ -36,6 +37,7 @@ from .runtime.auth import SESSION_COOKIE, Auth
 from .runtime.context import Context
 from .runtime.persistence import Store
 from .runtime.pipeline import Records
+from .runtime.subscriptions import Subscriptions
 
 __all__ = ["Loom", "create_app", "ENV_PROJECT"]
 
@@ -72,7 +74,7 @@ class Loom:
 
     @cached_property
     def policies(self) -> Policies:
-        return Policies(self.manifest)
+        return self.records.policies
 
     @cached_property
     def templates(self) -> jinja2.Environment:
@@ -106,6 +108,7 @@ class Loom:
                    for e in self.manifest.entities.values()]
         routers.append(auth_router(auth, api_context, sync_to_thread=sync_to_thread))
         routers.append(admin_router(self.records, api_context, sync_to_thread=sync_to_thread))
+        routers.append(webhook_router(Subscriptions(self.records), api_context, sync_to_thread=sync_to_thread))
         for handlers in call_hook(self.pm, "loom_routes", loom=self):
             routers.extend(handlers or ())
 

@@ -44,6 +44,10 @@ def _parser(plugin_commands: list | None = None) -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--workers", type=int, default=1, help="worker processes sharing the database (default 1)")
     p.add_argument("--database", help="database URL")
+    p = command("worker", "run scheduled rules and deliver webhooks, every few seconds until stopped")
+    p.add_argument("--once", action="store_true", help="do one round and exit (e.g. from cron)")
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between rounds (default 2)")
+    p.add_argument("--database", help="database URL")
     p = command("user", "manage users: create, passwd, disable, enable, list")
     p.add_argument("action", choices=["create", "passwd", "disable", "enable", "list"])
     p.add_argument("username", nargs="?")
@@ -211,6 +215,22 @@ def _serve(args) -> int:
     uvicorn.run("loomcrm.engine.app:create_app", factory=True, host=args.host, port=args.port,
                 workers=args.workers, log_level="warning", access_log=False)
     return 0
+
+
+def _worker(args) -> int:
+    from .app import Loom
+    from .worker import WorkerNotReady, run_worker
+
+    if args.interval <= 0:
+        raise _UsageError("--interval must be a positive number of seconds")
+    loom = Loom.from_project(args.project, database_url=args.database)
+    try:
+        return run_worker(loom, once=args.once, interval=args.interval)
+    except WorkerNotReady as exc:
+        print(f"loom: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        loom.close()
 
 
 def _reassign(args) -> int:
@@ -466,7 +486,7 @@ def _openapi(args) -> int:
     return 0
 
 
-COMMANDS = {"validate": _validate, "plan": _plan, "migrate": _migrate, "seed": _seed, "serve": _serve,
+COMMANDS = {"validate": _validate, "plan": _plan, "migrate": _migrate, "seed": _seed, "serve": _serve, "worker": _worker,
             "user": _user, "team": _team, "access": _access, "reassign": _reassign, "plugins": _plugins, "explain-config": _explain_config, "purge-audit": _purge_audit, "schema": _schema, "openapi": _openapi}
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from loomcrm.generators.migrations import Plan, apply_steps, plan_migration, render_sql
-from loomcrm.generators.tables import MIGRATIONS_TABLE, migrations_table
+from loomcrm.generators.tables import MIGRATIONS_TABLE, build_metadata, migrations_table
 
 from .app import Loom
 from .compiler import compile_project
@@ -117,6 +117,8 @@ def migrate_manifest(manifest: Manifest, *, database_url: str | None = None, app
                         problems = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
                         if problems:
                             raise RuntimeError(f"foreign key check failed after migration: {problems[:5]}")
+                    if _rollups_changed(old, manifest):
+                        _refresh_rollups(conn, manifest)
                     _record(conn, manifest, the_plan, applied_by)
             finally:
                 if sqlite:
@@ -124,6 +126,23 @@ def migrate_manifest(manifest: Manifest, *, database_url: str | None = None, app
         return the_plan
     finally:
         engine.dispose()
+
+
+def _rollups_changed(old: dict[str, Any] | None, manifest: Manifest) -> bool:
+    """Whether a rollup is new (with its field or entity, or on a field that had none) or defined
+    differently since the last migration: then the stored values are not what it gives."""
+    before = (old or {}).get("entities", {})
+    return any(field.rollup.to_json() != before.get(entity.name, {}).get("fields", {}).get(field.name, {}).get("rollup")
+               for entity in manifest.entities.values() for field in entity.fields.values() if field.rollup)
+
+
+def _refresh_rollups(conn: sa.Connection, manifest: Manifest) -> int:
+    """Compute every rollup of every record, in the migration's transaction, so existing records get
+    their values (new records keep them current as their children change)."""
+    from .runtime.persistence import Store
+    from .runtime.rollups import Rollups
+
+    return Rollups(manifest, Store(manifest, build_metadata(manifest))).refresh_all(conn)
 
 
 def _record(conn: sa.Connection, manifest: Manifest, the_plan: Plan, applied_by: str | None) -> None:
@@ -136,7 +155,8 @@ def _record(conn: sa.Connection, manifest: Manifest, the_plan: Plan, applied_by:
 
 
 class SeedApi:
-    """What a project's ``seed.py`` receives: ``api.create(entity, data, owner=None) -> record``, and
+    """What a project's ``seed.py`` receives: ``api.create(entity, data, owner=None) -> record`` (it may
+    set read-only fields and start records in any workflow state: it stands for an old system's data), and
     ``api.users`` (:class:`~loomcrm.engine.identity.Users`) for demo users, teams and passwords."""
 
     def __init__(self, loom: Loom):
@@ -154,7 +174,8 @@ class SeedApi:
             if owner not in self._user_ids:
                 self._user_ids[owner] = self.users.find(owner)["id"]
             actor = self._user_ids[owner]
-        record = self.loom.records.create(self.loom.entity(entity), data, Context(actor=actor, channel="seed"))
+        record = self.loom.records.create(self.loom.entity(entity), data, Context(actor=actor, channel="seed"),
+                                          trusted=True)
         self.created += 1
         return record
 

@@ -21,6 +21,7 @@ from loomcrm.schemas import EntitySpec, FieldSpec
 from loomcrm.schemas.project import AuthSpec
 from loomcrm.schemas.system import EXTENSIBLE_KEYS, SYSTEM_ENTITIES
 
+from .automation import compile_automation
 from .database import ENV_DATABASE_URL, resolve_database_url
 from .errors import ConfigError, ConfigErrors, Location, did_you_mean
 from .fieldtypes import COMMON_OPTIONS, FieldType, FieldValueError
@@ -36,7 +37,6 @@ from .names import (
     humanize,
     pluralize,
 )
-from .automation import compile_automation
 from .plugins import call_hook, field_types, make_plugin_manager
 from .policy import compile_roles
 from .rollups import add_rollups
@@ -406,7 +406,7 @@ def _compile_field(loaded, entity, name, spec: FieldSpec, types, app, errors) ->
     field = Field(
         name=name, type=spec.type, field_type=field_type, column=None, label=label, help=help_text,
         required=spec.required, unique=spec.unique, indexed=spec.indexed,
-        read_only=spec.read_only or spec.compute is not None,
+        read_only=spec.read_only or spec.compute is not None or spec.rollup is not None,
         min=_bound(field_type, spec.min), max=_bound(field_type, spec.max), pattern=spec.pattern,
         params=params, source=str(loaded.where(entity, *path, key=True)),
     )

@@ -26,6 +26,9 @@ E132  overlay conflict: a base field's type or ref target, or an entity's plural
 E133  bad `remove:` entry: names nothing in the base config, or not a thing remove: can take
 E134  a plugin's own check of the config (``loom_check_config``) failed
 E135  expression (CEL) with bad syntax or an unknown name
+E140  webhook Loom cannot send: not an http(s) URL, an event of no entity (or a typo of a known event),
+      ``where`` over the events of several entities, ``secret_env`` that is not a variable name
+E145  rollup Loom cannot compute (``of``, ``op``, ``field``, ``where``, the field's type, a circle)
 ====  ===========================================================================
 """
 

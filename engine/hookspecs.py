@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     import jinja2
     from litestar.config.app import AppConfig
 
+    from .actions import ActionType
     from .app import Loom
     from .errors import Problem
     from .fieldtypes import FieldType
@@ -54,6 +55,21 @@ def loom_field_types() -> list[FieldType]:
     before the trylast built-ins, so a plugin can replace a built-in type).
 
     :return: a list of :class:`~loomcrm.engine.fieldtypes.FieldType` instances.
+    """
+
+
+@hookspec
+def loom_action_types() -> Mapping[str, ActionType] | None:
+    """Register action types that workflows, automations and schedules can name.
+
+    Called once per app, before the config is compiled. An action written ``{notify_slack:
+    {channel: sales}}`` is run by the type registered as ``notify_slack``; a plugin's type may
+    replace a built-in one (``set``, ``assign``, ``update``, ``create``, ``webhook``). Subclass
+    :class:`~loomcrm.engine.actions.ActionType`: ``compile(params, scope)`` checks the parameters
+    when the config compiles (raise :class:`~loomcrm.engine.actions.ActionError`, reported with
+    file:line as E137), ``run(run, params)`` acts inside the write's transaction.
+
+    :return: ``{type name: ActionType instance}``.
     """
 
 
@@ -303,6 +319,16 @@ def loom_record_created(ctx: Context, entity: Entity, record: dict[str, Any]) ->
 @hookspec
 def loom_record_updated(ctx: Context, entity: Entity, old: dict[str, Any], record: dict[str, Any]) -> None:
     """A record was changed and committed."""
+
+
+@hookspec
+def loom_record_transitioned(ctx: Context, entity: Entity, old: dict[str, Any], record: dict[str, Any],
+                             workflow: str, transition: str) -> None:
+    """A workflow transition was fired and committed (after ``loom_record_updated`` for the same change).
+
+    :param workflow: the workflow's name; ``transition``: the transition's name. The state field's
+        old and new values are in ``old`` and ``record``.
+    """
 
 
 @hookspec

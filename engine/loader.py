@@ -35,6 +35,8 @@ from .validation import validate_file, validate_tree
 __all__ = ["LoadedConfig", "SourceFile", "load_config", "load_config_text", "find_project_file"]
 
 PROJECT_FILE = "loom.yaml"
+#: Named things besides entities and roles that any config file may hold (``LoadedConfig.named``).
+AUTOMATION_SECTIONS = ("workflows", "automations", "schedules", "webhooks")
 #: Plugins' config fragments: ``(plugin name, {"entities": ..., "roles": ...})``.
 Contributions = tuple[tuple[str, dict], ...] | list
 Path_ = tuple[Any, ...]
@@ -81,6 +83,7 @@ class LoadedConfig:
     project_source: SourceFile
     roles: dict[str, RoleSpec] = field(default_factory=dict)
     role_sources: dict[str, SourceFile] = field(default_factory=dict)
+    named: dict[str, dict[str, Any]] = field(default_factory=dict)  # workflows, automations... by name
     provenance: Provenance | None = None
     tree: dict[str, Any] = field(default_factory=dict)
     sources: tuple[SourceFile, ...] = ()
@@ -268,6 +271,7 @@ def _load(project_dir: Path, project_name: str, files, contributions: Contributi
         project_spec = layer.spec
         entities, entity_sources = _first_defined(layer.sources, "entities")
         roles, role_sources = _first_defined(layer.sources, "roles")
+        named = {key: _first_defined(layer.sources, key)[0] for key in AUTOMATION_SECTIONS}
     else:
         project_spec = None if errors else validate_tree(layer.tree, errors)
         entities = dict(project_spec.entities) if project_spec else {}
@@ -275,11 +279,12 @@ def _load(project_dir: Path, project_name: str, files, contributions: Contributi
         origin = layer.tree.provenance.origin_of
         entity_sources = {name: origin(("entities", name))[0] for name in entities}
         role_sources = {name: origin(("roles", name))[0] for name in roles}
+        named = {key: dict(getattr(project_spec, key)) if project_spec else {} for key in AUTOMATION_SECTIONS}
     if errors:
         raise ConfigErrors(errors)
     assert project_spec is not None
     return LoadedConfig(
-        project_dir, project_spec, entities, entity_sources, layer.project, roles, role_sources,
+        project_dir, project_spec, entities, entity_sources, layer.project, roles, role_sources, named,
         provenance=layer.tree.provenance, tree=layer.tree.data,
         sources=tuple(source for each in reversed(layers) for source, _ in each.sources),
         project_dirs=tuple(Path(os.path.normpath(project_dir / each.directory)) for each in layers),

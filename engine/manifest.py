@@ -19,7 +19,8 @@ from .fieldtypes import FieldType
 __all__ = ["Manifest", "Entity", "Field", "Relation", "Index", "Rule", "SYSTEM_FIELDS", "text_for", "localized"]
 
 #: Loom's own tables beside the entities' (created by migrations like entity tables).
-SYSTEM_TABLES = ("loom_audit", "loom_credential", "loom_session", "loom_token", "loom_login_failure")
+SYSTEM_TABLES = ("loom_audit", "loom_credential", "loom_session", "loom_token", "loom_login_failure", "loom_counter",
+                 "loom_schedule_mark", "loom_outbox", "loom_webhook", "loom_webhook_delivery")
 
 #: Columns every entity has, in table order. ``id`` comes first, the rest after the entity's fields.
 SYSTEM_FIELDS = ("id", "created_at", "updated_at", "created_by", "updated_by", "owner", "version")
@@ -102,6 +103,8 @@ class Field:
         }
         if self.help:
             data["help"] = self.help
+        if self.rollup is not None:  # a changed definition makes `loom migrate` recompute the values
+            data["rollup"] = self.rollup.to_json()
         return data
 
 

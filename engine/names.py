@@ -28,13 +28,13 @@ MAX_IDENTIFIER = 48
 #: Longest table name PostgreSQL keeps (it silently cuts longer ones).
 MAX_TABLE_NAME = 63
 #: Entities Loom keeps for its own records.
-SYSTEM_ENTITY_NAMES = frozenset({"user", "team", "role", "session", "token", "audit"})
+SYSTEM_ENTITY_NAMES = frozenset({"user", "team", "role", "session", "token", "audit", "webhook"})
 #: Entity names Loom keeps: its own entities, and SQL keywords that make poor table names.
 RESERVED_ENTITY_NAMES = SYSTEM_ENTITY_NAMES | frozenset(
     {"all", "and", "or", "not", "select", "from", "where", "table", "order", "group", "by", "limit", "offset",
      "join", "union", "check", "column", "constraint", "default", "primary", "foreign", "references", "index",
      "create", "drop", "alter", "grant", "having", "case", "when", "then", "else", "end", "null", "true",
-     "false", "schema", "api"}
+     "false", "schema", "api", "webhooks"}
 )
 RESERVED_FIELD_NAMES = frozenset(SYSTEM_FIELDS)
 #: Path segments under ``/api/<plural>/{id}/`` that Loom uses itself, so no related list may take them.

@@ -54,7 +54,21 @@ MERGE_RULES: dict[Path_, str] = {
     ("roles", "*", "entities"): "merge",
     ("roles", "*", "entities", "*"): "merge",
     ("roles", "*", "fields"): "merge",
+    ("workflows",): "merge",
+    ("workflows", "*"): "merge",
+    ("workflows", "*", "states"): "merge",
+    ("workflows", "*", "states", "*"): "merge",
+    ("workflows", "*", "transitions"): "merge",
+    ("workflows", "*", "transitions", "*"): "merge",
+    ("automations",): "merge",
+    ("schedules",): "merge",
+    ("webhooks",): "merge",
+    ("webhooks", "*"): "merge",
 }
+
+#: Top-level sections of named things any config file may hold, with what one of them is called.
+NAMED_SECTIONS = (("entities", "entity"), ("roles", "role"), ("workflows", "workflow"),
+                  ("automations", "automation"), ("schedules", "schedule"), ("webhooks", "webhook"))
 
 # --- provenance --------------------------------------------------------------------------------------
 
@@ -123,13 +137,12 @@ def has_path(data: Any, path: Path_) -> bool:
 
 
 def union_of_files(project: SourceFile, included: list[SourceFile], errors: list[ConfigError]) -> Tree:
-    """The project file's keys, and the entities and roles of every file; a name twice is E123.
-
-    Included files contribute only ``entities:`` and ``roles:`` (validation reports anything else).
+    """The project file's keys, and the named things (:data:`NAMED_SECTIONS`) of every file; a name
+    twice is E123. Included files contribute only those (validation reports anything else).
     """
     data = dict(project.data) if isinstance(project.data, dict) else {}
     root = Provenance((project, ()))
-    for key, kind in (("entities", "entity"), ("roles", "role")):
+    for key, kind in NAMED_SECTIONS:
         items: dict[str, Any] = {}
         node = root.children[key] = Provenance()
         for source in (project, *included):
@@ -154,7 +167,9 @@ def union_of_files(project: SourceFile, included: list[SourceFile], errors: list
 
 REMOVE_FORMS = ("entities.<entity>", "entities.<entity>.fields.<field>", "entities.<entity>.rules.<rule>",
                 "entities.<entity>.fields.<field>.options.<value>", "roles.<role>",
-                "roles.<role>.entities.<entity>", "roles.<role>.fields.<entity>.<field>")
+                "roles.<role>.entities.<entity>", "roles.<role>.fields.<entity>.<field>", "workflows.<workflow>",
+                "workflows.<workflow>.transitions.<transition>", "workflows.<workflow>.states.<state>",
+                "automations.<automation>", "schedules.<schedule>", "webhooks.<webhook>")
 
 
 def remove_paths(base: Tree, project: SourceFile, errors: list[ConfigError]) -> Tree:
@@ -204,6 +219,11 @@ def _removal_path(text: str) -> Path_ | None:
             return tuple(parts)
         if len(parts) == 5 and parts[2] == "fields":
             return (*parts[:3], ".".join(parts[3:]))
+    elif parts[0] == "workflows":
+        if len(parts) == 2 or len(parts) == 4 and parts[2] in ("transitions", "states"):
+            return tuple(parts)
+    elif parts[0] in ("automations", "schedules", "webhooks") and len(parts) == 2:
+        return tuple(parts)
     return None
 
 
@@ -235,7 +255,9 @@ def _missing(data: Any, path: Path_) -> tuple[str, str | None] | None:
 def _what_is_missing(path: Path_, depth: int) -> str:
     kind, name = path[0], path[1]
     if depth <= 1:
-        return f"the base has no {'entity' if kind == 'entities' else 'role'} '{name}'"
+        return f"the base has no {dict(NAMED_SECTIONS)[kind]} '{name}'"
+    if kind == "workflows":
+        return f"workflow '{name}' has no {path[2][:-1]} '{path[3]}'"
     if kind == "entities":
         if depth <= 3:
             return f"entity '{name}' has no {'rule' if path[2] == 'rules' else 'field'} '{path[3]}'"
@@ -283,7 +305,7 @@ def merge_trees(base: Tree, top: Tree, errors: list[ConfigError]) -> Tree:
 
 
 def rule_for(path: Path_) -> str:
-    pattern = tuple("*" if i in (1, 3) and len(path) > i and path[0] in ("entities", "roles") else p
+    pattern = tuple("*" if i in (1, 3) and len(path) > i and path[0] in dict(NAMED_SECTIONS) else p
                     for i, p in enumerate(path))
     return MERGE_RULES.get(pattern, "replace")
 

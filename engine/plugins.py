@@ -121,6 +121,16 @@ def field_types(pm: pluggy.PluginManager) -> dict[str, FieldType]:
     return types
 
 
+def action_types(pm: pluggy.PluginManager) -> dict[str, Any]:
+    """Action types by name: the built-ins, then the plugins' (a plugin's replaces a built-in)."""
+    from .actions import BUILTIN_ACTIONS
+
+    types: dict[str, Any] = dict(BUILTIN_ACTIONS)
+    for result in reversed(pm.hook.loom_action_types()):  # the first plugin to name a type wins
+        types.update(result or {})
+    return types
+
+
 # --- calling hooks --------------------------------------------------------------------------------
 
 

@@ -192,6 +192,23 @@ class RowRule:
         return {f"{prefix}{i}": _user_value(field, user.get(name))
                 for i, (name, field) in enumerate(zip(self.user_attributes, self.user_fields, strict=True))}
 
+    @property
+    def record_fields(self) -> tuple[str, ...]:
+        """The ``record.<field>`` names the rule reads, in order: a change to any other field cannot
+        change which rows it matches (rollups use this to skip writes that do not affect them)."""
+        names: dict[str, None] = {}
+        terms = [self.predicate]
+        while terms:
+            term = terms.pop(0)
+            if isinstance(term, Logic):
+                terms += [term.left, term.right]
+            elif isinstance(term, Not):
+                terms.append(term.term)
+            elif isinstance(term, Compare | Member):
+                operands = (term.left, term.right) if isinstance(term, Compare) else (term.left,)
+                names.update((o.field.name, None) for o in operands if isinstance(o, Column))
+        return tuple(names)
+
 
 def compile_row_rule(text: str, entity: Entity, user: Entity) -> RowRule:
     """Parse and check `text` against `entity` (for record.*) and the `user` entity (for user.*);

@@ -156,12 +156,24 @@ def _diff_fields(plan: Plan, name: str, before: dict, entity, table: sa.Table) -
         added = [o for o in new_options if o not in old_options]
         if added:
             plan.notes.append(f"new options for {where}: {', '.join(added)}")
+        _diff_rollup(plan, where, old.get("rollup"), field_.rollup.to_json() if field_.rollup else None)
     for fname in old_fields:
         if fname not in entity.fields:
             plan.refused.append(
                 f"field {name}.{fname} was removed; dropping a column (and its data) is not supported yet: "
                 "put the field back in the config"
             )
+
+
+def _diff_rollup(plan: Plan, where: str, old: dict | None, new: dict | None) -> None:
+    """A rollup added to a field or changed needs no DDL, but its values are recomputed
+    (``migrate`` does it); one taken away leaves the stored values as they are."""
+    if old == new:
+        return
+    if new is None:
+        plan.notes.append(f"{where} is no longer a rollup: its values stay as they are and people may change them")
+    else:
+        plan.notes.append(f"rollup {where} {'changed' if old else 'added'}: its values are recomputed")
 
 
 def _index_signatures(entity_json: dict) -> set[tuple[str, tuple[str, ...]]]:

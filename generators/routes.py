@@ -165,10 +165,91 @@ def entity_router(records: Records, entity: Entity, all_models: dict[str, Entity
                                    "if_match": IfMatch, "return": None})),
     ]
     handlers.append(_history_handler(records, entity, opts, api_context))
+    if records.transitions.of(entity):
+        handlers += _transition_handlers(records, entity, models, opts, api_context)
     for relation in entity.relations.values():
         handlers.append(_related_handler(records, entity, relation, all_models[relation.entity].page, opts,
                                          api_context))
     return Router(path=f"/api/{plural}", route_handlers=handlers)
+
+
+class TransitionBody(BaseModel):
+    version: int | None = None
+    fields: dict[str, Any] | None = None
+
+
+class TransitionOption(BaseModel):
+    name: str
+    workflow: str
+    label: str
+    from_: list[str]
+    to: str
+    allowed: bool
+    reasons: list[str]
+    needs: list[str]
+
+    model_config = {"populate_by_name": True, "alias_generator": lambda n: "from" if n == "from_" else n}
+
+
+class TransitionList(BaseModel):
+    id: int
+    version: int
+    states: dict[str, str | None]
+    data: list[TransitionOption]
+
+
+def _transition_handlers(records: Records, entity: Entity, models, opts, api_context) -> list:
+    """``GET /{id}/transitions`` (which the caller may fire now, and why not the others) and
+    ``POST /{id}/transitions/{name}`` (fire one; version for optimistic locking; fields given with it)."""
+    names = ", ".join(records.transitions.of(entity))
+
+    def list_transitions(request: Request, record_id: int) -> Any:
+        return records.transitions.available(entity, checked_id(entity, record_id), api_context(request))
+
+    def fire(request: Request, record_id: int, name: str, data: Any = None, if_match: Any = None) -> Any:
+        body = data if data is not None else {}
+        errors = [] if isinstance(body, dict) else [{"field": "", "code": "type", "message": "the body must be a "
+                                                      "JSON object: {version, fields}"}]
+        body = body if isinstance(body, dict) else {}
+        errors += [{"field": k, "code": "unknown_field", "message": "the body takes version and fields"}
+                   for k in body if k not in ("version", "fields")]
+        version = body.get("version")
+        if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version < 1):
+            errors.append({"field": "version", "code": "type", "message": "version must be a positive whole number"})
+        fields = body.get("fields")
+        if fields is not None and not isinstance(fields, dict):
+            errors.append({"field": "fields", "code": "type", "message": "fields must be an object of field values"})
+        if errors:
+            raise Problem(422, "Validation failed", errors=errors)
+        header_version = parse_if_match(if_match)
+        if version is not None and header_version is not None and version != header_version:
+            raise Problem(400, "Conflicting versions", detail="version in the body and If-Match differ")
+        record = records.transitions.fire(entity, checked_id(entity, record_id), name, api_context(request),
+                                          version=version if version is not None else header_version, data=fields)
+        return Response(record, headers={"ETag": f'"{record["version"]}"'} if "version" in record else {})
+
+    label = text_for(entity.label)
+    return [
+        get("/{record_id:int}/transitions", summary=f"Transitions of a {label}", name=f"{entity.name}.transitions",
+            description="Every workflow transition of the record: `allowed` when you may fire it now, else "
+            "`reasons`; `needs` lists fields its target state requires that the record lacks (give them in "
+            "`fields` when firing).", responses=_problems(401, 403, 404), **opts)(
+            _typed(list_transitions, {"request": Request, "record_id": FromPath[int], "return": TransitionList})),
+        post("/{record_id:int}/transitions/{name:str}", summary=f"Fire a transition of a {label}",
+             name=f"{entity.name}.fire", status_code=200,
+             description=f"Moves the record to the transition's target state ({names}) and stores `fields` given "
+             "with it, in one write that also runs the transition's actions. Send the `version` you read (or "
+             "If-Match): a stale one is 409. Wrong state: 409; a role that may not fire it: 403; a guard "
+             "that does not hold: 422.", responses=_problems(400, 401, 403, 404, 409, 422), **opts)(
+            _typed(fire, {"request": Request, "record_id": FromPath[int], "name": FromPath[str],
+                          "data": SkipValidation[JSONBody[TransitionBody | None]], "if_match": IfMatch,
+                          "return": Response[models.record]})),
+    ]
+
+
+class TransitionRef(BaseModel):
+    workflow: str
+    name: str
 
 
 class HistoryEntry(BaseModel):
@@ -179,6 +260,7 @@ class HistoryEntry(BaseModel):
     action: str
     version: int | None
     changes: dict[str, list[Any]]
+    transition: TransitionRef | None = None
 
 
 class HistoryPage(BaseModel):

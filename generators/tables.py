@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from loomcrm.engine.manifest import Entity, Manifest
 
 __all__ = ["NAMING_CONVENTION", "build_metadata", "JSONValue", "UTCDateTime", "id_type", "MIGRATIONS_TABLE",
-           "AUDIT_TABLE", "audit_table", "CREDENTIAL_TABLE", "credential_table"]
+           "AUDIT_TABLE", "audit_table", "CREDENTIAL_TABLE", "credential_table", "webhook_tables"]
 
 NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
@@ -81,6 +81,8 @@ def build_metadata(manifest: Manifest) -> sa.MetaData:
     audit_table(metadata)
     credential_table(metadata)
     auth_tables(metadata)
+    automation_tables(metadata)
+    webhook_tables(metadata)
     return metadata
 
 
@@ -226,3 +228,80 @@ def auth_tables(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table, sa.Table]:
         info={"system": True},
     )
     return sessions, tokens, failures
+
+
+def automation_tables(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table]:
+    """Counters (round-robin assignment, shared by every worker process) and the marks of scheduled
+    rules: one row per rule and record it has run for, so each runs once while the record matches."""
+    counters = sa.Table(
+        "loom_counter", metadata,
+        sa.Column("key", sa.String(200), primary_key=True),
+        sa.Column("value", sa.BigInteger(), nullable=False),
+        info={"system": True},
+    )
+    marks = sa.Table(
+        "loom_schedule_mark", metadata,
+        sa.Column("schedule", sa.String(100), primary_key=True),
+        sa.Column("record_id", id_type(), primary_key=True),
+        sa.Column("at", UTCDateTime(), nullable=False),
+        info={"system": True},
+    )
+    return counters, marks
+
+
+def webhook_tables(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table, sa.Table]:
+    """The webhook outbox, subscriptions made through the API, and the log of delivery attempts.
+
+    An outbox row is one event for one subscription (``subscription`` holds a ``webhooks:`` name or
+    ``api:<id>``), written in the transaction of the change it reports, so a change that rolls back
+    sends nothing. ``key`` is the idempotency key every attempt carries. The worker claims due rows
+    (``status``, ``next_attempt_at``) by setting ``claimed_until``, so several workers never send one
+    event at once. The API's secrets are stored as given (signing needs them) and shown once.
+    """
+    outbox = sa.Table(
+        "loom_outbox", metadata,
+        sa.Column("id", id_type(), primary_key=True, autoincrement=True),
+        sa.Column("event", sa.String(150), nullable=False),
+        sa.Column("entity", sa.String(64), nullable=False),
+        sa.Column("record_id", id_type(), nullable=False),
+        sa.Column("subscription", sa.String(120), nullable=False),
+        sa.Column("url", sa.Text(), nullable=False),
+        sa.Column("payload", JSONValue(), nullable=False),
+        sa.Column("key", sa.String(32), nullable=False, unique=True),
+        sa.Column("status", sa.String(20), nullable=False),  # pending | delivered | dead
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("next_attempt_at", UTCDateTime(), nullable=False),
+        sa.Column("claimed_until", UTCDateTime(), nullable=True),
+        sa.Column("created_at", UTCDateTime(), nullable=False),
+        sa.Column("delivered_at", UTCDateTime(), nullable=True),
+        sa.Column("last_error", sa.Text(), nullable=True),
+        info={"system": True},
+        sqlite_autoincrement=True,
+    )
+    sa.Index("ix_loom_outbox_due", outbox.c.status, outbox.c.next_attempt_at)
+    sa.Index("ix_loom_outbox_subscription", outbox.c.subscription, outbox.c.id)
+    subscriptions = sa.Table(
+        "loom_webhook", metadata,
+        sa.Column("id", id_type(), primary_key=True, autoincrement=True),
+        sa.Column("url", sa.Text(), nullable=False),
+        sa.Column("events", JSONValue(), nullable=False),
+        sa.Column("secret", sa.String(100), nullable=False),
+        sa.Column("run_as", id_type(), sa.ForeignKey("user.id", ondelete="CASCADE"), nullable=False, index=True),
+        sa.Column("created_at", UTCDateTime(), nullable=False),
+        sa.Column("active", sa.Boolean(), nullable=False),
+        info={"system": True},
+        sqlite_autoincrement=True,
+    )
+    deliveries = sa.Table(
+        "loom_webhook_delivery", metadata,
+        sa.Column("id", id_type(), primary_key=True, autoincrement=True),
+        sa.Column("outbox_id", id_type(), sa.ForeignKey("loom_outbox.id", ondelete="CASCADE"), nullable=False,
+                  index=True),
+        sa.Column("attempt", sa.Integer(), nullable=False),
+        sa.Column("at", UTCDateTime(), nullable=False),
+        sa.Column("status_code", sa.Integer(), nullable=True),
+        sa.Column("error", sa.Text(), nullable=True),
+        sa.Column("duration_ms", sa.Integer(), nullable=False),
+        info={"system": True},
+    )
+    return outbox, subscriptions, deliveries

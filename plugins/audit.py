@@ -8,7 +8,7 @@ Its hooks are ``trylast``: a plugin's own after-hooks run first and may still ve
 from __future__ import annotations
 
 from loomcrm.engine.hookspecs import hookimpl
-from loomcrm.engine.runtime.audit import changed_fields, write_entry
+from loomcrm.engine.runtime.audit import TRANSITION_KEY, changed_fields, write_entry
 
 __all__ = ["loom_after_create", "loom_after_update", "loom_after_delete"]
 
@@ -25,7 +25,10 @@ def loom_after_create(ctx, entity, record):
 
 @hookimpl(trylast=True)
 def loom_after_update(ctx, entity, old, record):
-    _write(ctx, entity, "update", record, changed_fields(entity, old, record))
+    changes = changed_fields(entity, old, record)
+    if ctx.transition is not None:  # a workflow transition: its entry names it
+        changes[TRANSITION_KEY] = list(ctx.transition)
+    _write(ctx, entity, "transition" if ctx.transition else "update", record, changes)
 
 
 @hookimpl(trylast=True)

@@ -16,11 +16,14 @@ from loomcrm.generators.tables import audit_table
 from ..manifest import Entity
 from .persistence import dump_record
 
-__all__ = ["AUDIT", "changed_fields", "write_entry", "write_entries", "history_page", "purge_before"]
+__all__ = ["AUDIT", "TRANSITION_KEY", "changed_fields", "write_entry", "write_entries", "history_page", "purge_before"]
 
 #: The audit table (the app's MetaData holds an identical one, which migrations create).
 AUDIT = audit_table(sa.MetaData())
 _INSERT = AUDIT.insert()
+#: In a transition's entry, ``changes[TRANSITION_KEY]`` is ``[workflow, transition]`` (read back as
+#: the entry's ``transition``).
+TRANSITION_KEY = "$transition"
 _COLUMNS = (AUDIT.c.id, AUDIT.c.at, AUDIT.c.actor, AUDIT.c.channel, AUDIT.c.action, AUDIT.c.version,
             AUDIT.c.changes)
 
@@ -60,9 +63,18 @@ def history_page(conn: sa.Connection, entity: Entity, record_id: int, *, limit: 
     if before is not None:
         stmt = stmt.where(AUDIT.c.id < before)
     rows = conn.execute(stmt.order_by(AUDIT.c.id.desc()).limit(limit + 1)).all()
-    entries = [{"id": r.id, "at": r.at.isoformat().replace("+00:00", "Z"), "actor": r.actor, "channel": r.channel,
-                "action": r.action, "version": r.version, "changes": r.changes} for r in rows[:limit]]
+    entries = [_entry(r) for r in rows[:limit]]
     return entries, entries[-1]["id"] if len(rows) > limit else None
+
+
+def _entry(row) -> dict[str, Any]:
+    changes = dict(row.changes)
+    entry = {"id": row.id, "at": row.at.isoformat().replace("+00:00", "Z"), "actor": row.actor,
+             "channel": row.channel, "action": row.action, "version": row.version, "changes": changes}
+    if TRANSITION_KEY in changes:
+        workflow, name = changes.pop(TRANSITION_KEY)
+        entry["transition"] = {"workflow": workflow, "name": name}
+    return entry
 
 
 def purge_before(conn: sa.Connection, cutoff: dt.datetime) -> int:

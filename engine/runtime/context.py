@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 __all__ = ["Context", "CHANNELS", "utcnow", "zone"]
 
-CHANNELS = ("api", "admin", "import", "python", "seed", "cli")
+CHANNELS = ("api", "admin", "import", "python", "seed", "cli", "worker")
 
 
 def zone(name: str) -> dt.tzinfo:
@@ -39,6 +39,9 @@ class Context:
     :ivar now: the timestamp the write records as ``created_at``/``updated_at``.
     :ivar access: what the actor may see and change (:class:`~loomcrm.engine.runtime.access.Access`);
         None for unrestricted callers: Loom's own code, and everyone in a project without ``roles:``.
+    :ivar transition: while a workflow transition is being stored, ``(workflow, transition)`` names
+        (the audit trail records it); None otherwise.
+    :ivar depth: how deep in actions' writes this write is (0: the caller's own write).
     """
 
     actor: int | None = None
@@ -47,3 +50,12 @@ class Context:
     conn: sa.Connection | None = None
     now: dt.datetime = field(default_factory=utcnow)
     access: Any = None
+    transition: tuple[str, str] | None = None
+    depth: int = 0
+    deferred: list | None = field(default=None, repr=False)  # after-commit events of the running write
+
+    def acting(self) -> Context:
+        """A context for an action's own writes: the same actor, clock and transaction, with Loom's
+        rights (the implementer wrote the action; as in Salesforce's record-triggered flows)."""
+        return Context(actor=self.actor, channel=self.channel, locale=self.locale, conn=self.conn, now=self.now,
+                       depth=self.depth + 1, deferred=self.deferred)

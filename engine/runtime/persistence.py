@@ -80,6 +80,14 @@ class Store:
             return True
         return self.fetch(conn, entity, record_id, names=("id",), rows=rows) is not None
 
+    def scan(self, conn: sa.Connection, entity: Entity, after: int, limit: int) -> list[dict]:
+        """Up to ``limit`` records with ids above ``after``, in id order (Loom's own batch jobs)."""
+        table = self.tables[entity.name]
+        stmt = sa.select(*self._columns(entity)).where(table.c.id > after).order_by(table.c.id).limit(limit)
+        records = [dict(zip(self._names[entity.name], r, strict=True)) for r in conn.execute(stmt)]
+        self.attach_links(conn, entity, records, None)
+        return records
+
     def list(self, conn: sa.Connection, entity: Entity, query: ListQuery, extra_where: list[sa.ColumnElement] = (),
              *, names: tuple[str, ...] | None = None, rows: RowFilter | None = None,
              ) -> tuple[list[dict], str | None, int | None]:

@@ -21,12 +21,16 @@ from ..errors import Problem, did_you_mean
 from ..fieldtypes import FieldValueError
 from ..manifest import Entity, Manifest
 from ..plugins import call_hook, emit_event
-from .access import describe_reach, forbidden
+from .access import Policies, describe_reach, forbidden
 from .audit import history_page, write_entries
+from .automation import Flow
 from .context import Context, zone
+from .outbox import Outbox
 from .persistence import Store, dump_record
 from .query import ListQuery
+from .rollups import Rollups
 from .rules import RecordRules
+from .workflows import Transitions
 
 __all__ = ["Records"]
 
@@ -44,19 +48,39 @@ class Records:
         self.store = store
         self.sqlite = engine.dialect.name == "sqlite"
         self.rules = RecordRules(manifest)
+        self.policies = Policies(manifest)
+        self.rollups = Rollups(manifest, store)
+        self.outbox = Outbox(manifest, store, self.policies)
+        self.flow = Flow(self)
+        self.transitions = Transitions(self)
 
     # --- transactions ----------------------------------------------------------------------------
     @contextlib.contextmanager
     def writing(self, ctx: Context) -> Iterator[sa.Connection]:
         """One write transaction. On SQLite, writers queue on a process lock and take the database
-        lock up front (BEGIN IMMEDIATE), so concurrent writers wait instead of failing."""
+        lock up front (BEGIN IMMEDIATE), so concurrent writers wait instead of failing. An action's
+        write (``ctx.conn`` already open) joins the running transaction: all or nothing."""
+        if ctx.conn is not None:
+            yield ctx.conn
+            return
         lock = write_lock if self.sqlite else contextlib.nullcontext()
         with lock, self.engine.connect().execution_options(loom_write=True) as conn, conn.begin():
-            ctx.conn = conn
+            ctx.conn, ctx.deferred = conn, []
             try:
                 yield conn
             finally:
                 ctx.conn = None
+        deferred, ctx.deferred = ctx.deferred, None
+        for name, kwargs in deferred:  # events of actions' writes, now that they are committed
+            emit_event(self.pm, name, **kwargs)
+
+    def _emit(self, ctx: Context, name: str, **kwargs: Any) -> None:
+        """An after-commit event: now, or when the running transaction commits (an action's write)."""
+        kwargs["ctx"] = ctx
+        if ctx.deferred is not None:
+            ctx.deferred.append((name, kwargs))
+        else:
+            emit_event(self.pm, name, **kwargs)
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[sa.Connection]:
@@ -197,12 +221,18 @@ class Records:
         return {"data": entries, "next_cursor": None if next_before is None else str(next_before)}
 
     # --- writing ---------------------------------------------------------------------------------
-    def create(self, entity: Entity, data: dict[str, Any], ctx: Context) -> dict:
+    def create(self, entity: Entity, data: dict[str, Any], ctx: Context, *, owner: int | None = None,
+               trusted: bool = False) -> dict:
+        """Create a record, owned by the caller (or by ``owner``). ``trusted`` (Loom's own code: actions,
+        seed data) may also set read-only fields."""
         if ctx.access is not None:
             ctx.access.require(entity, "create")
             ctx.access.check_writable(entity, data if isinstance(data, dict) else ())
-        values = self.checked(entity, data, partial=False, ctx=ctx)
+        values = self.checked(entity, data, partial=False, trusted=trusted, ctx=ctx)
+        if owner is not None:
+            values["owner"] = owner
         self._apply_defaults(entity, values, ctx)
+        self.flow.start(entity, values)
         missing = [f for f in entity.user_fields if f.required and values.get(f.name) is None]
         if missing:
             raise invalid([_error(f.name, "required", "is required") for f in missing])
@@ -212,6 +242,7 @@ class Records:
                     before = dict(values)
                     self._run("loom_before_create", ctx=ctx, entity=entity, data=values)
                     self._revalidate(entity, before, values)
+                pending = self.flow.before_save(ctx, entity, "create", values, None)
                 self.rules.compute(ctx, entity, values, values, None)
                 self._check_references(conn, entity, values, ctx)
                 self._check_record(ctx, entity, "create", values, None)
@@ -225,9 +256,10 @@ class Records:
 
                 record = self._write(ctx, entity, "create", insert)
                 self._run("loom_after_create", ctx=ctx, entity=entity, record=record)
+                self.flow.after_save(ctx, entity, "create", None, record, pending)
         except IntegrityError as exc:
             raise self._integrity_problem(entity, exc, values) from None
-        emit_event(self.pm, "loom_record_created", ctx=ctx, entity=entity, record=record)
+        self._emit(ctx, "loom_record_created", entity=entity, record=record)
         return self._visible(ctx, entity, dump_record(entity, record))
 
     def update(self, entity: Entity, record_id: int, data: dict[str, Any], ctx: Context,
@@ -240,31 +272,45 @@ class Records:
         try:
             with self.writing(ctx) as conn:
                 old = self._current(conn, entity, record_id, version, ctx, "update")
-                if self._implemented("loom_before_update"):
-                    before = dict(changes)
-                    self._run("loom_before_update", ctx=ctx, entity=entity, old=dict(old), changes=changes)
-                    self._revalidate(entity, before, changes)
-                if not changes:  # nothing to change: no new version, no conflict for others
-                    return self._visible(ctx, entity, dump_record(entity, old))
-                cleared = [n for n, v in changes.items() if v is None and entity.fields[n].required]
-                if cleared:
-                    raise invalid([_error(n, "required", "is required and cannot be emptied") for n in cleared])
-                self.rules.compute(ctx, entity, {**old, **changes}, changes, old)
-                self._check_references(conn, entity, changes, ctx)
-                self._check_record(ctx, entity, "update", {**old, **changes}, old)
-                changes.update(updated_at=ctx.now, updated_by=ctx.actor)
-                def update() -> dict:
-                    if not self.store.update(conn, entity, record_id, old["version"], changes):
-                        raise stale(entity, record_id, None)
-                    self._write_links(conn, entity, record_id, changes)
-                    return self.store.fetch(conn, entity, record_id)
-
-                record = self._write(ctx, entity, "update", update)
-                self._run("loom_after_update", ctx=ctx, entity=entity, old=old, record=record)
+                record = self.store_update(ctx, entity, old, changes)
         except IntegrityError as exc:
             raise self._integrity_problem(entity, exc, changes) from None
-        emit_event(self.pm, "loom_record_updated", ctx=ctx, entity=entity, old=old, record=record)
+        if record is None:  # nothing to change: no new version, no conflict for others
+            return self._visible(ctx, entity, dump_record(entity, old))
+        self._emit(ctx, "loom_record_updated", entity=entity, old=old, record=record)
         return self._visible(ctx, entity, dump_record(entity, record))
+
+    def store_update(self, ctx: Context, entity: Entity, old: dict, changes: dict, transition=None) -> dict | None:
+        """Store ``changes`` (validated) of the locked record ``old`` in the running write, with hooks,
+        workflow checks, automations, computed fields, rules and audit; None when nothing changes.
+        ``transition`` (a workflow's, fired by :mod:`.workflows`) may move the state field."""
+        conn = ctx.conn
+        record_id = old["id"]
+        if self._implemented("loom_before_update"):
+            before = dict(changes)
+            self._run("loom_before_update", ctx=ctx, entity=entity, old=dict(old), changes=changes)
+            self._revalidate(entity, before, changes)
+        if not changes:
+            return None
+        cleared = [n for n, v in changes.items() if v is None and entity.fields[n].required]
+        if cleared:
+            raise invalid([_error(n, "required", "is required and cannot be emptied") for n in cleared])
+        pending = self.flow.before_save(ctx, entity, "update", changes, old, transition)
+        self.rules.compute(ctx, entity, {**old, **changes}, changes, old)
+        self._check_references(conn, entity, changes, ctx)
+        self._check_record(ctx, entity, "update", {**old, **changes}, old)
+        changes.update(updated_at=ctx.now, updated_by=ctx.actor)
+
+        def update() -> dict:
+            if not self.store.update(conn, entity, record_id, old["version"], changes):
+                raise stale(entity, record_id, None)
+            self._write_links(conn, entity, record_id, changes)
+            return self.store.fetch(conn, entity, record_id)
+
+        record = self._write(ctx, entity, "update", update)
+        self._run("loom_after_update", ctx=ctx, entity=entity, old=old, record=record)
+        self.flow.after_save(ctx, entity, "update", old, record, pending)
+        return record
 
     def delete(self, entity: Entity, record_id: int, ctx: Context, version: int | None = None) -> None:
         if ctx.access is not None:
@@ -274,15 +320,18 @@ class Records:
                 old = self._current(conn, entity, record_id, version, ctx, "delete")
                 self._run("loom_before_delete", ctx=ctx, entity=entity, record=dict(old))
                 self._check_record(ctx, entity, "delete", old, None)
+                pending = self.flow.before_save(ctx, entity, "delete", {}, old)
+
                 def delete() -> None:
                     if not self.store.delete(conn, entity, record_id, old["version"]):
                         raise stale(entity, record_id, None)
 
                 self._write(ctx, entity, "delete", delete)
                 self._run("loom_after_delete", ctx=ctx, entity=entity, record=old)
+                self.flow.after_save(ctx, entity, "delete", old, None, pending)
         except IntegrityError:
             raise self._restrict_problem(entity, record_id) from None
-        emit_event(self.pm, "loom_record_deleted", ctx=ctx, entity=entity, record=old)
+        self._emit(ctx, "loom_record_deleted", entity=entity, record=old)
 
     def reassign(self, from_user: int, to_user: int, ctx: Context,
                  entities: list[Entity] | None = None) -> dict[str, int]:
@@ -384,7 +433,7 @@ class Records:
                 errors.append(_error(name, "read_only", "is read-only"))
                 continue
             if value is None or (value == "" and field.type not in ("json",)):
-                if field.required and (partial or field.default is None and field.dynamic_default is None):
+                if field.required and (partial or not self._defaulted(entity, field)):
                     errors.append(_error(name, "required", "is required"))
                 values[name] = None if field.type != "refs" else []
                 continue
@@ -394,10 +443,16 @@ class Records:
                 errors.append(_error(name, exc.code, exc.message))
         if not partial:
             errors += [_error(f.name, "required", "is required") for f in entity.user_fields
-                       if f.required and f.name not in data and f.default is None and f.dynamic_default is None]
+                       if f.required and f.name not in data and not self._defaulted(entity, f)]
         if errors:
             raise invalid(errors)
         return values
+
+    def _defaulted(self, entity: Entity, field) -> bool:
+        """Whether a new record gets a value for ``field`` when none is given: a default, a default
+        expression, or the initial state of a workflow bound to it."""
+        return (field.default is not None or field.dynamic_default is not None or field.default_expr is not None
+                or any(w.field == field.name for w in self.flow.workflows.get(entity.name, ())))
 
     def _revalidate(self, entity: Entity, before: dict, after: dict) -> None:
         changed = {k: v for k, v in after.items() if k not in before or before[k] is not v}
@@ -407,6 +462,8 @@ class Records:
                                        partial=True))
 
     def _apply_defaults(self, entity: Entity, values: dict, ctx: Context) -> None:
+        """Fill the fields a create leaves out: literal and dynamic defaults, then ``default_expr:``
+        (which read the values given and those defaults; a failing one is a 422 naming its field)."""
         for field in entity.user_fields:
             if field.name in values:
                 continue
@@ -419,6 +476,7 @@ class Records:
                 values[field.name] = ctx.actor
             elif field.default is not None:
                 values[field.name] = field.default
+        self.rules.defaults(ctx, entity, values)
 
     def _check_references(self, conn, entity: Entity, values: dict, ctx: Context) -> None:
         """A restricted caller may only point at records they can read: a reference to one outside

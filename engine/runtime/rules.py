@@ -1,11 +1,13 @@
-"""Expressions at write time: computed fields (``compute:``), then validation rules (``rules:``).
+"""Expressions at write time: defaults (``default_expr:``) on create, computed fields (``compute:``),
+then validation rules (``rules:``).
 
-Both evaluate CEL (:mod:`loomcrm.engine.expressions`) over one ``cel.Context`` per step holding only
+All three evaluate CEL (:mod:`loomcrm.engine.expressions`) over one ``cel.Context`` per step holding only
 the values the expressions read: converting values for CEL costs far more than evaluating them.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from ..errors import Problem
@@ -18,12 +20,14 @@ __all__ = ["RecordRules"]
 
 
 class RecordRules:
-    """The computed fields and validation rules of one app's entities (plans cached per entity)."""
+    """The expression defaults, computed fields and validation rules of one app's entities (plans
+    cached per entity)."""
 
     def __init__(self, manifest: Manifest):
         self.manifest = manifest
         self._plans: dict[str, tuple] = {}  # entity -> (computed fields, what they read)
         self._reads: dict[str, dict] = {}  # entity -> what its rules read
+        self._default_fields: dict[str, list] = {}  # entity -> its fields with default_expr
 
     def compute(self, ctx: Context, entity: Entity, record: dict, into: dict, old: dict | None) -> None:
         """Set every computed field (``compute:``) of ``record`` in ``into``, in field order, each value
@@ -59,6 +63,50 @@ class RecordRules:
                 variables = None  # a later computation reads this value
         if errors:
             raise Problem(422, "Validation failed", errors=errors)
+
+    def defaults(self, ctx: Context, entity: Entity, values: dict) -> None:
+        """Set, in field order, every field with a ``default_expr:`` that ``values`` (a create's input,
+        literal defaults applied) leaves out; a later default reads an earlier one. The values go
+        through the field's type as input would: a timestamp becomes a date in the app's time zone
+        for a date field, a double is rounded to a decimal's scale. A value that cannot be worked
+        out or does not fit is a 422 naming the field (``default_error``, or the type's code)."""
+        fields = [f for f in self._defaulted(entity) if f.name not in values]
+        if not fields:
+            return
+        reads = reads_of(f.default_expr for f in fields)
+        errors, variables = [], None
+        for field in fields:
+            if variables is None:
+                variables = context(reads, {"record": values, "now": ctx.now,
+                                            "today": self._today(ctx) if "today" in reads else None,
+                                            "user": self._cel_user(ctx) if "user" in reads else None})
+            try:
+                values[field.name] = self._as_input(field, field.default_expr.evaluate(variables))
+                if field.name in reads.get("record", ()):
+                    variables = None  # a later default reads this value
+            except FieldValueError as exc:
+                errors.append(_field_error(field.name, exc.code, f"the default value {exc.message}"))
+            except Exception as exc:  # CEL raises plain Python errors
+                errors.append(_field_error(field.name, "default_error", f"the default of {entity.name}."
+                                           f"{field.name} could not be worked out: {type(exc).__name__}: {exc}"))
+        if errors:
+            raise Problem(422, "Validation failed", errors=errors)
+
+    def _defaulted(self, entity: Entity) -> list:
+        fields = self._default_fields.get(entity.name)
+        if fields is None:
+            fields = self._default_fields[entity.name] = [f for f in entity.user_fields if f.default_expr]
+        return fields
+
+    def _as_input(self, field, value: Any) -> Any:
+        """A CEL result as the field's type reads input (None stays None)."""
+        if value is None:
+            return None
+        if field.type == "date" and isinstance(value, dt.datetime):
+            value = value.astimezone(zone(self.manifest.timezone)).date()
+        elif isinstance(value, float) and "scale" in field.params:  # decimal arithmetic in CEL is binary
+            value = round(value, field.params["scale"])
+        return field.field_type.parse(field, value)
 
     def _today(self, ctx: Context) -> str:
         return ctx.now.astimezone(zone(self.manifest.timezone)).date().isoformat()

@@ -1,4 +1,5 @@
-"""Demo data for the Loom Sales example: 300 accounts, 600 contacts, 900 activities.
+"""Demo data for the Loom Sales example: 300 accounts, 600 contacts, 900 activities, 120 leads,
+200 opportunities across the pipeline and 80 service cases.
 
 Deterministic (one ``random.Random(20261123)``), stdlib only. Loom calls ``seed(api)``, where
 ``api.create(entity, data)`` validates and stores one record and returns it with its ``"id"``.
@@ -11,6 +12,16 @@ import random
 from datetime import date, datetime, timedelta, timezone
 
 N_ACCOUNTS, N_CONTACTS, N_ACTIVITIES = 300, 600, 900
+N_LEADS, N_OPPORTUNITIES, N_TICKETS = 120, 200, 80
+#: stage -> (share of opportunities, probability the pipeline's transitions set)
+STAGES = {"prospecting": (20, 10), "qualification": (20, 20), "proposal": (18, 50), "negotiation": (12, 75),
+          "won": (18, 100), "lost": (12, 0)}
+DEALS = {"zh": ["年度框架协议", "设备采购项目", "软件系统升级", "物流外包服务", "培训服务"],
+         "en": ["Annual framework agreement", "Fleet renewal", "Platform upgrade", "Logistics outsourcing",
+                "Training programme"]}
+CASES = {"zh": ["发票金额有误", "设备无法启动", "登录失败", "交付延迟", "申请退货"],
+         "en": ["Invoice amount wrong", "Device does not start", "Cannot sign in", "Late delivery",
+                "Return request"]}
 CST = timezone(timedelta(hours=8))  # the app's time zone, Asia/Shanghai
 TODAY = datetime(2026, 3, 1, tzinfo=CST)  # fixed "now" so done/open activities are stable
 
@@ -277,3 +288,44 @@ def seed(api) -> None:
             (account_id, company), contact_id = rng.choice(accounts), None
             lang, owner = company["lang"], company["owner"]
         api.create("activity", make_activity(account_id, contact_id, lang), owner=owner)
+
+    seed_process(api, accounts, contacts)
+
+
+def seed_process(api, accounts: list, contacts: list) -> None:
+    """Leads, opportunities at every stage of the pipeline and service cases (a seed may start records in
+    any state, as data moved from an old system does; from here on they move by transitions)."""
+    for i in range(N_LEADS):
+        company = zh_company(set()) if i % 2 == 0 else en_company(set())
+        first, last = (rng.choice(ZH_GIVEN)[0], rng.choice(ZH_SURNAMES)[0]) if company["lang"] == "zh" \
+            else (rng.choice(EN_FIRST), rng.choice(EN_LAST))
+        status = rng.choices(["new", "working", "qualified", "disqualified"], [40, 35, 15, 10])[0]
+        api.create("lead", {
+            "first_name": first, "last_name": last, "company": company["name"], "region": company["region"],
+            "email": maybe(f"{i}.lead@{company['domain']}", 0.7), "phone": maybe(company["phone"], 0.5),
+            "source": rng.choice(["web", "referral", "event", "cold_call"]), "status": status,
+            "disqualify_reason": "No budget" if status == "disqualified" else None,
+        }, owner=REGION_OWNERS.get(company["region"], "li.manager"))
+    stages, weights = list(STAGES), [share for share, _ in STAGES.values()]
+    for _ in range(N_OPPORTUNITIES):
+        account_id, company = rng.choice(accounts)
+        stage = rng.choices(stages, weights)[0]
+        # closed ones around the fixed demo date; open ones ahead of the real date (the rule checks that)
+        close = TODAY + timedelta(days=rng.randint(-90, 0)) if stage in ("won", "lost") else \
+            datetime.now(CST) + timedelta(days=rng.randint(2, 150))
+        api.create("opportunity", {
+            "name": f"{company['name'][:60]} – {rng.choice(DEALS[company['lang']])}", "account": account_id,
+            "amount": f"{rng.randint(5, 500) * 1000}.00", "close_date": close.date().isoformat(), "stage": stage,
+            "probability": STAGES[stage][1], "lost_reason": "Lost on price" if stage == "lost" else None,
+        }, owner=company["owner"])
+    for _ in range(N_TICKETS):
+        contact_id, account_id, lang, owner = rng.choice(contacts)
+        status = rng.choices(["new", "open", "waiting", "resolved", "closed"], [15, 30, 15, 20, 20])[0]
+        opened = TODAY - timedelta(hours=rng.randint(1, 24 * 20))
+        api.create("ticket", {
+            "subject": rng.choice(CASES[lang]), "account": account_id, "contact": contact_id, "status": status,
+            "priority": rng.choice(["low", "normal", "normal", "high"]), "opened_at": opened.isoformat(),
+            "resolution": "Solved on the phone" if status in ("resolved", "closed") else None,
+            "resolved_at": (opened + timedelta(hours=rng.randint(1, 48))).isoformat()
+            if status in ("resolved", "closed") else None,
+        }, owner="chen.service")

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from loomcrm.engine.cli import main
+from loomcrm.engine.manifest import SYSTEM_TABLES
 
 ROOT = Path(__file__).resolve().parents[2]
 SALES = ROOT / "examples" / "sales"
@@ -84,8 +85,7 @@ def test_plan_then_migrate_then_plan_again(capsys, project):
     assert tables(project / "tiny.db") == set()  # plan never changes the database
     code, out, _ = run(capsys, "-p", project, "migrate")
     assert code == 0 and "applied." in out and tables(project / "tiny.db") == {
-        "lead", "loom_migrations", "loom_audit", "loom_credential", "loom_session", "loom_token",
-        "loom_login_failure", "user", "team", "user__teams"}
+        "lead", "loom_migrations", *SYSTEM_TABLES, "user", "team", "user__teams"}
     code, out, _ = run(capsys, "-p", project, "plan")
     assert code == 0 and "The database is up to date." in out
 

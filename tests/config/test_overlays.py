@@ -304,7 +304,7 @@ def test_remove_entries_that_name_nothing_in_the_base_suggest_what_exists():
         loom.yaml:7:5 E133 cannot remove 'roles.sales_rep.fields.account.phnoe': role 'sales_rep' sets no level for 'account.phnoe'
             hint: did you mean 'roles.sales_rep.fields.account.phone'?
         loom.yaml:8:5 E133 'remove' cannot take 'entities.account.label'
-            hint: write one of: entities.<entity>, entities.<entity>.fields.<field>, entities.<entity>.rules.<rule>, entities.<entity>.fields.<field>.options.<value>, roles.<role>, roles.<role>.entities.<entity>, roles.<role>.fields.<entity>.<field>
+            hint: write one of: entities.<entity>, entities.<entity>.fields.<field>, entities.<entity>.rules.<rule>, entities.<entity>.fields.<field>.options.<value>, roles.<role>, roles.<role>.entities.<entity>, roles.<role>.fields.<entity>.<field>, workflows.<workflow>, workflows.<workflow>.transitions.<transition>, workflows.<workflow>.states.<state>, automations.<automation>, schedules.<schedule>, webhooks.<webhook>
         loom.yaml:10:5 E133 'entities.lead' is listed twice in 'remove' (first at item 7)
             hint: list each once
         loom.yaml:11:5 E133 cannot remove 'entities.account.fields.name.options.x': field 'account.name' has no options
@@ -416,12 +416,12 @@ def test_errors_in_overlay_values_point_at_the_overlay_and_in_base_values_at_the
                                                                             "fax: {type: phone, max_length: 3}")
     assert config_errors(files) == golden("""
         ../base/entities.yaml:8:26 E126 option 'max_length' does not apply to phone field 'account.fax'
-            hint: phone fields take: compute, default, help, indexed, label, read_only, required, unique
+            hint: phone fields take: compute, default, default_expr, help, indexed, label, read_only, required, rollup, unique
         entities.yaml:3:27 E110 unknown locale 'zn' in 'label' of entity 'account'
             hint: remove it, or add it to app.locales (the app's locales: en, zh)
         entities.yaml:5:36 E127 default '42x' of field 'account.phone' is not a phone number (write it with its country code, e.g. +49 30 1234567)
         entities.yaml:6:16 E126 option 'max_length' does not apply to enum field 'account.rating'
-            hint: enum fields take: compute, default, help, indexed, label, options, read_only, required, unique
+            hint: enum fields take: compute, default, default_expr, help, indexed, label, options, read_only, required, rollup, unique
         entities.yaml:7:20 E120 unknown field type 'integr'
             hint: did you mean 'integer'?
         entities.yaml:10:32 E124 field 'installation.account' refers to entity 'acount', which does not exist

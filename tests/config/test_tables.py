@@ -11,6 +11,7 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 
 from loomcrm.engine.compiler import compile_manifest
 from loomcrm.engine.loader import load_config_text
+from loomcrm.engine.manifest import SYSTEM_TABLES
 from loomcrm.engine.plugins import make_plugin_manager
 from loomcrm.engine.testing import project_files
 from loomcrm.generators.tables import MIGRATIONS_TABLE, build_metadata
@@ -180,8 +181,7 @@ def test_every_column_names_the_field_it_stores(metadata):
 
 def test_metadata_holds_the_entities_join_tables_and_loom_tables(metadata):
     assert sorted(metadata.tables) == sorted(["account", "contact", "contact__watched", MIGRATIONS_TABLE,
-                                              "loom_audit", "loom_credential", "loom_session", "loom_token",
-                                              "loom_login_failure", "user", "team", "user__teams"])
+                                              *SYSTEM_TABLES, "user", "team", "user__teams"])
 
 
 def test_tables_are_created_without_name_clashes_when_an_index_is_declared_twice(metadata, db_url):
