@@ -181,11 +181,11 @@ class ActionRun:
 def to_field_value(field: Field, value: Any, timezone: str = "UTC") -> Any:
     """A CEL result as a value of ``field``: a timestamp for a date field is its day in the app's
     time zone; a double for a decimal field is rounded to its scale; the field type checks the rest."""
-    from .runtime.context import zone
-
     if value is None:
         return None
     if field.type == "date" and isinstance(value, dt.datetime):
+        from .runtime.context import zone
+
         value = value.astimezone(zone(timezone)).date() if value.tzinfo else value.date()
     if isinstance(value, float) and "scale" in field.params:
         value = round(value, field.params["scale"])

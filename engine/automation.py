@@ -33,6 +33,9 @@ class State:
     terminal: bool = False
 
 
+_PLAIN: dict[str, State] = {}
+
+
 @dataclass(frozen=True)
 class Transition:
     """A named move of a workflow: from ``sources`` to ``to``, for ``roles`` (all when empty),
@@ -62,7 +65,9 @@ class Workflow:
     transitions: dict[str, Transition]
 
     def state(self, value: str) -> State:
-        return self.states.get(value) or State(value, {})
+        """The settings of state ``value`` (a state the config says nothing about has none)."""
+        found = self.states.get(value)
+        return found if found is not None else _PLAIN.get(value) or _PLAIN.setdefault(value, State(value, {}))
 
 
 @dataclass(frozen=True)

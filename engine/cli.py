@@ -161,6 +161,13 @@ def _validate(args) -> int:
           f"{_count(fields, 'field', 'fields')} (plus Loom's {' and '.join(SYSTEM_ENTITIES)})")
     for entity in own:
         print(f"  {entity.name:<24} /api/{entity.plural:<24} {len(entity.user_fields)} fields")
+    for workflow in manifest.workflows.values():
+        print(f"  workflow {workflow.name}: {workflow.entity}.{workflow.field}, "
+              f"{_count(len(workflow.transitions), 'transition', 'transitions')}")
+    for key, what in (("automations", "automations"), ("schedules", "scheduled rules"), ("webhooks", "webhooks")):
+        named = getattr(manifest, key)
+        if named:
+            print(f"  {what}: {', '.join(named)}")
     if manifest.roles:
         print(f"  roles: {', '.join(manifest.roles)} (enforced: what no role grants is refused)")
     else:

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from litestar import Request, Response, Router, delete, get, patch, post
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, HeaderParameter, JSONBody, Parameter, SkipValidation
-from pydantic import BaseModel
+from pydantic import BaseModel, create_model
 
 from loomcrm.engine.errors import Problem
 from loomcrm.engine.manifest import Entity, text_for
@@ -178,17 +178,10 @@ class TransitionBody(BaseModel):
     fields: dict[str, Any] | None = None
 
 
-class TransitionOption(BaseModel):
-    name: str
-    workflow: str
-    label: str
-    from_: list[str]
-    to: str
-    allowed: bool
-    reasons: list[str]
-    needs: list[str]
-
-    model_config = {"populate_by_name": True, "alias_generator": lambda n: "from" if n == "from_" else n}
+#: One transition of a record (``from`` is a Python keyword, hence the functional form).
+TransitionOption = create_model("TransitionOption", name=(str, ...), workflow=(str, ...), label=(str, ...),
+                                **{"from": (list[str], ...)}, to=(str, ...), allowed=(bool, ...),
+                                reasons=(list[str], ...), needs=(list[str], ...))
 
 
 class TransitionList(BaseModel):

@@ -68,7 +68,7 @@ class Flow:
         automations = self.automations.get((entity.name, event), ())
         if event == "delete":
             self.records.rollups.before_delete(ctx.conn, entity, old["id"])
-            chosen = [a for a in automations if self._holds(a.when, ctx, old, None)]
+            chosen = [a for a in automations if self.holds(a.when, ctx, old, None)]
             return Pending([action for a in chosen for action in a.actions]) if chosen else None
         workflows = self.workflows.get(entity.name, ())
         if workflows:
@@ -78,12 +78,12 @@ class Flow:
         record = {**old, **values} if old else values
         pending = Pending(transition=transition)
         lists = [transition.actions] if transition is not None else []
-        lists += [a.actions for a in automations if self._holds(a.when, ctx, record, old)]
+        lists += [a.actions for a in automations if self.holds(a.when, ctx, record, old)]
         for actions in lists:
             for action in actions:
                 if action.phase == "after":
                     pending.actions.append(action)
-                elif self._holds(action.when, ctx, {**old, **values} if old else values, old):
+                elif self.holds(action.when, ctx, {**old, **values} if old else values, old):
                     self._run(action, ctx, entity, {**old, **values} if old else values, old, values)
         if transition is not None:
             workflow = self.records.manifest.workflows[transition.workflow]
@@ -134,7 +134,7 @@ class Flow:
         self.records.rollups.after_write(ctx.conn, entity, old, record)
         subject = record if record is not None else old
         for action in pending.actions if pending else ():
-            if self._holds(action.when, ctx, subject, old):
+            if self.holds(action.when, ctx, subject, old):
                 self._run(action, ctx, entity, subject, old, None)
         outbox = self.records.outbox
         outbox.enqueue(ctx.conn, ctx, f"{entity.name}.{EVENTS[event]}", entity, subject, old)
@@ -147,12 +147,12 @@ class Flow:
         change it through one update (hooks, rules, audit), ``after`` ones act on the result."""
         changes: dict = {}
         for action in actions:
-            if action.phase == "before" and self._holds(action.when, ctx, {**record, **changes}, record):
+            if action.phase == "before" and self.holds(action.when, ctx, {**record, **changes}, record):
                 self._run(action, ctx, entity, {**record, **changes}, record, changes)
         stored = self.records.store_update(ctx, entity, record, changes) if changes else None
         subject = stored or record
         for action in actions:
-            if action.phase == "after" and self._holds(action.when, ctx, subject, record):
+            if action.phase == "after" and self.holds(action.when, ctx, subject, record):
                 self._run(action, ctx, entity, subject, record, None)
 
     # --- evaluating ------------------------------------------------------------------------------------
@@ -160,7 +160,7 @@ class Flow:
         return context(expression.reads, {"record": record, "old": old, "now": ctx.now, "user": self._user(ctx),
                                           "today": ctx.now.astimezone(zone(self.timezone)).date().isoformat()})
 
-    def _holds(self, expression: Expression | None, ctx: Context, record: dict, old: dict | None) -> bool:
+    def holds(self, expression: Expression | None, ctx: Context, record: dict, old: dict | None) -> bool:
         """Whether a condition is true for ``record``; an error evaluating it is a 422 naming it."""
         if expression is None:
             return True
@@ -171,7 +171,7 @@ class Flow:
                           f"{type(exc).__name__}: {exc}") from None
 
     def _user(self, ctx: Context) -> dict[str, Any]:
-        return self.records.rules._cel_user(ctx)
+        return self.records.rules.cel_user(ctx)
 
     def _run(self, action: Action, ctx: Context, entity: Entity, record: dict, old: dict | None,
              values: dict | None) -> None:

@@ -74,7 +74,7 @@ class Records:
         for name, kwargs in deferred:  # events of actions' writes, now that they are committed
             emit_event(self.pm, name, **kwargs)
 
-    def _emit(self, ctx: Context, name: str, **kwargs: Any) -> None:
+    def emit(self, ctx: Context, name: str, **kwargs: Any) -> None:
         """An after-commit event: now, or when the running transaction commits (an action's write)."""
         kwargs["ctx"] = ctx
         if ctx.deferred is not None:
@@ -102,7 +102,8 @@ class Records:
         results = call_hook(self.pm, "loom_write", ctx=ctx, entity=entity, operation=operation, write=write)
         return results[0] if results else None
 
-    def _check_record(self, ctx: Context, entity: Entity, operation: str, record: dict, old: dict | None) -> None:
+    def _check_record(self, ctx: Context, entity: Entity, operation: str, record: dict, old: dict | None,
+                      variables=None) -> None:
         """The plugins' last word before a write: vetoes (403), then whole-record checks (422)."""
         if self._implemented("loom_permission_veto"):
             reasons = [r for r in call_hook(self.pm, "loom_permission_veto", ctx=ctx, entity=entity,
@@ -111,7 +112,7 @@ class Records:
                 raise forbidden("; ".join(str(r) for r in reasons))
         if operation == "delete":
             return
-        errors = self.rules.errors(ctx, entity, record, old) if entity.rules else []
+        errors = self.rules.errors(ctx, entity, record, old, variables) if entity.rules else []
         if self._implemented("loom_validate_record"):
             errors += [{"field": str(e.get("field", "")), "code": str(e.get("code", "invalid")),
                         "message": str(e.get("message", ""))}
@@ -125,7 +126,7 @@ class Records:
             expand: list[str] = ()) -> dict:
         """One record: 404 if it does not exist or is outside the caller's read scope (the two look
         the same); only fields the caller may read."""
-        names, rows = self._view(ctx, entity, [*(("fields", n) for n in fields or ()),
+        names, rows = self.view(ctx, entity, [*(("fields", n) for n in fields or ()),
                                                *(("expand", n) for n in expand)], expand)
         with self.reading() as conn:
             record = self.store.fetch(conn, entity, record_id, names=names, rows=rows)
@@ -142,7 +143,7 @@ class Records:
         uses = [*((f"filter[{f.field.name}]", f.field.name) for f in query.filters),
                 *(("sort", f.name) for f, _ in query.sort), *(("fields", n) for n in query.fields or ()),
                 *(("expand", n) for n in query.expand)]
-        names, rows = self._view(ctx, entity, uses, query.expand)
+        names, rows = self.view(ctx, entity, uses, query.expand)
         with self.reading() as conn:
             records, next_cursor, total = self.store.list(conn, entity, query, extra_where, names=names, rows=rows)
             fields = _with_id(query.fields) if query.fields else None
@@ -154,7 +155,7 @@ class Records:
             page["count"] = total
         return page
 
-    def _view(self, ctx: Context, entity: Entity, uses: list[tuple[str, str]], expand) -> tuple:
+    def view(self, ctx: Context, entity: Entity, uses: list[tuple[str, str]], expand) -> tuple:
         """The fields and rows a read may touch: ``(None, None)`` for unrestricted callers; 403 when
         the caller may not read the entity, a field the query uses, or an expanded entity."""
         access = ctx.access
@@ -166,7 +167,7 @@ class Records:
             access.require(self.manifest.entities[entity.fields[name].target], "read")
         return access.readable(entity), access.rows(entity, "read")
 
-    def _visible(self, ctx: Context, entity: Entity, record: dict) -> dict:
+    def visible(self, ctx: Context, entity: Entity, record: dict) -> dict:
         """``record`` without the fields the caller may not read (a write's answer)."""
         if ctx.access is None:
             return record
@@ -243,9 +244,9 @@ class Records:
                     self._run("loom_before_create", ctx=ctx, entity=entity, data=values)
                     self._revalidate(entity, before, values)
                 pending = self.flow.before_save(ctx, entity, "create", values, None)
-                self.rules.compute(ctx, entity, values, values, None)
+                variables = self.rules.compute(ctx, entity, values, values, None)
                 self._check_references(conn, entity, values, ctx)
-                self._check_record(ctx, entity, "create", values, None)
+                self._check_record(ctx, entity, "create", values, None, variables)
                 values.update(created_at=ctx.now, updated_at=ctx.now, created_by=ctx.actor,
                               updated_by=ctx.actor, owner=values.get("owner", ctx.actor))
                 def insert() -> dict:
@@ -259,8 +260,8 @@ class Records:
                 self.flow.after_save(ctx, entity, "create", None, record, pending)
         except IntegrityError as exc:
             raise self._integrity_problem(entity, exc, values) from None
-        self._emit(ctx, "loom_record_created", entity=entity, record=record)
-        return self._visible(ctx, entity, dump_record(entity, record))
+        self.emit(ctx, "loom_record_created", entity=entity, record=record)
+        return self.visible(ctx, entity, dump_record(entity, record))
 
     def update(self, entity: Entity, record_id: int, data: dict[str, Any], ctx: Context,
                version: int | None = None, *, trusted: bool = False) -> dict:
@@ -271,14 +272,14 @@ class Records:
         changes = self.checked(entity, data, partial=True, trusted=trusted, ctx=ctx)
         try:
             with self.writing(ctx) as conn:
-                old = self._current(conn, entity, record_id, version, ctx, "update")
+                old = self.current(conn, entity, record_id, version, ctx, "update")
                 record = self.store_update(ctx, entity, old, changes)
         except IntegrityError as exc:
             raise self._integrity_problem(entity, exc, changes) from None
         if record is None:  # nothing to change: no new version, no conflict for others
-            return self._visible(ctx, entity, dump_record(entity, old))
-        self._emit(ctx, "loom_record_updated", entity=entity, old=old, record=record)
-        return self._visible(ctx, entity, dump_record(entity, record))
+            return self.visible(ctx, entity, dump_record(entity, old))
+        self.emit(ctx, "loom_record_updated", entity=entity, old=old, record=record)
+        return self.visible(ctx, entity, dump_record(entity, record))
 
     def store_update(self, ctx: Context, entity: Entity, old: dict, changes: dict, transition=None) -> dict | None:
         """Store ``changes`` (validated) of the locked record ``old`` in the running write, with hooks,
@@ -296,9 +297,9 @@ class Records:
         if cleared:
             raise invalid([_error(n, "required", "is required and cannot be emptied") for n in cleared])
         pending = self.flow.before_save(ctx, entity, "update", changes, old, transition)
-        self.rules.compute(ctx, entity, {**old, **changes}, changes, old)
+        variables = self.rules.compute(ctx, entity, {**old, **changes}, changes, old)
         self._check_references(conn, entity, changes, ctx)
-        self._check_record(ctx, entity, "update", {**old, **changes}, old)
+        self._check_record(ctx, entity, "update", {**old, **changes}, old, variables)
         changes.update(updated_at=ctx.now, updated_by=ctx.actor)
 
         def update() -> dict:
@@ -317,7 +318,7 @@ class Records:
             ctx.access.require(entity, "delete")
         try:
             with self.writing(ctx) as conn:
-                old = self._current(conn, entity, record_id, version, ctx, "delete")
+                old = self.current(conn, entity, record_id, version, ctx, "delete")
                 self._run("loom_before_delete", ctx=ctx, entity=entity, record=dict(old))
                 self._check_record(ctx, entity, "delete", old, None)
                 pending = self.flow.before_save(ctx, entity, "delete", {}, old)
@@ -331,7 +332,7 @@ class Records:
                 self.flow.after_save(ctx, entity, "delete", old, None, pending)
         except IntegrityError:
             raise self._restrict_problem(entity, record_id) from None
-        self._emit(ctx, "loom_record_deleted", entity=entity, record=old)
+        self.emit(ctx, "loom_record_deleted", entity=entity, record=old)
 
     def reassign(self, from_user: int, to_user: int, ctx: Context,
                  entities: list[Entity] | None = None) -> dict[str, int]:
@@ -371,7 +372,7 @@ class Records:
                 counts[entity.name] = len(moved)
         return counts
 
-    def _current(self, conn, entity: Entity, record_id: int, version: int | None, ctx: Context,
+    def current(self, conn, entity: Entity, record_id: int, version: int | None, ctx: Context,
                  operation: str) -> dict:
         """The stored record, locked for this write; 404 if absent (or unreadable for the caller),
         403 if readable but outside the caller's scope for ``operation``, 409 if not at ``version``."""

@@ -7,9 +7,9 @@ the values the expressions read: converting values for CEL costs far more than e
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
+from ..actions import to_field_value
 from ..errors import Problem
 from ..expressions import context, reads_of
 from ..fieldtypes import FieldValueError
@@ -26,31 +26,36 @@ class RecordRules:
     def __init__(self, manifest: Manifest):
         self.manifest = manifest
         self._plans: dict[str, tuple] = {}  # entity -> (computed fields, what they read)
-        self._reads: dict[str, dict] = {}  # entity -> what its rules read
         self._default_fields: dict[str, list] = {}  # entity -> its fields with default_expr
 
-    def compute(self, ctx: Context, entity: Entity, record: dict, into: dict, old: dict | None) -> None:
-        """Set every computed field (``compute:``) of ``record`` in ``into``, in field order, each value
-        checked by its field type; a value that cannot be computed or does not fit is a 422. One CEL
-        context serves them all, rebuilt only after a value that a later computation reads."""
+    def _plan(self, entity: Entity) -> tuple:
+        """``(computed fields, what they and the rules read)``: one CEL context serves both."""
         plan = self._plans.get(entity.name)
         if plan is None:
             computed = [f for f in entity.user_fields if f.compute is not None]
-            plan = self._plans[entity.name] = (computed, reads_of(f.compute for f in computed))
-        computed, reads = plan
+            rules = [e for rule in entity.rules for e in (rule.check, rule.when) if e is not None]
+            plan = self._plans[entity.name] = (computed, reads_of([*(f.compute for f in computed), *rules]))
+        return plan
+
+    def _context(self, ctx: Context, reads: dict, record: dict, old: dict | None):
+        return context(reads, {"record": record, "old": old, "now": ctx.now,
+                               "today": self._today(ctx) if "today" in reads else None,
+                               "user": self.cel_user(ctx) if "user" in reads else None})
+
+    def compute(self, ctx: Context, entity: Entity, record: dict, into: dict, old: dict | None):
+        """Set every computed field (``compute:``) of ``record`` in ``into``, in field order, each value
+        checked by its field type; a value that cannot be computed or does not fit is a 422. One CEL
+        context serves them all, rebuilt only after a value that a later computation (or a rule) reads.
+        Returns that context when it still holds the record as computed (for :meth:`errors`), else None."""
+        computed, reads = self._plan(entity)
         if not computed:
-            return
+            return None
         record, variables, errors = dict(record), None, []
         for field in computed:
             if variables is None:
-                variables = context(reads, {"record": record, "old": old, "now": ctx.now,
-                                            "today": self._today(ctx) if "today" in reads else None,
-                                            "user": self._cel_user(ctx) if "user" in reads else None})
+                variables = self._context(ctx, reads, record, old)
             try:
-                value = field.compute.evaluate(variables)
-                if isinstance(value, float) and "scale" in field.params:  # decimal arithmetic in CEL is binary
-                    value = round(value, field.params["scale"])
-                value = None if value is None else field.field_type.parse(field, value)
+                value = to_field_value(field, field.compute.evaluate(variables), self.manifest.timezone)
             except FieldValueError as exc:
                 errors.append(_field_error(field.name, exc.code, f"the computed value {exc.message}"))
                 continue
@@ -60,9 +65,10 @@ class RecordRules:
                 continue
             record[field.name] = into[field.name] = value
             if field.name in reads.get("record", ()):
-                variables = None  # a later computation reads this value
+                variables = None  # a later computation or a rule reads this value
         if errors:
             raise Problem(422, "Validation failed", errors=errors)
+        return variables
 
     def defaults(self, ctx: Context, entity: Entity, values: dict) -> None:
         """Set, in field order, every field with a ``default_expr:`` that ``values`` (a create's input,
@@ -79,9 +85,10 @@ class RecordRules:
             if variables is None:
                 variables = context(reads, {"record": values, "now": ctx.now,
                                             "today": self._today(ctx) if "today" in reads else None,
-                                            "user": self._cel_user(ctx) if "user" in reads else None})
+                                            "user": self.cel_user(ctx) if "user" in reads else None})
             try:
-                values[field.name] = self._as_input(field, field.default_expr.evaluate(variables))
+                values[field.name] = to_field_value(field, field.default_expr.evaluate(variables),
+                                                    self.manifest.timezone)
                 if field.name in reads.get("record", ()):
                     variables = None  # a later default reads this value
             except FieldValueError as exc:
@@ -98,31 +105,17 @@ class RecordRules:
             fields = self._default_fields[entity.name] = [f for f in entity.user_fields if f.default_expr]
         return fields
 
-    def _as_input(self, field, value: Any) -> Any:
-        """A CEL result as the field's type reads input (None stays None)."""
-        if value is None:
-            return None
-        if field.type == "date" and isinstance(value, dt.datetime):
-            value = value.astimezone(zone(self.manifest.timezone)).date()
-        elif isinstance(value, float) and "scale" in field.params:  # decimal arithmetic in CEL is binary
-            value = round(value, field.params["scale"])
-        return field.field_type.parse(field, value)
-
     def _today(self, ctx: Context) -> str:
         return ctx.now.astimezone(zone(self.manifest.timezone)).date().isoformat()
 
-    def errors(self, ctx: Context, entity: Entity, record: dict, old: dict | None) -> list[dict[str, str]]:
+    def errors(self, ctx: Context, entity: Entity, record: dict, old: dict | None,
+               variables=None) -> list[dict[str, str]]:
         """The entity's validation rules (CEL): an error per failing rule and field, all together; a
         rule that cannot be evaluated (say, a division by zero) is an error naming it, never a 500.
-        The values are converted for CEL once per write, and only those the rules read."""
-        reads = self._reads.get(entity.name)
-        if reads is None:
-            reads = self._reads[entity.name] = reads_of(
-                e for rule in entity.rules for e in (rule.check, rule.when) if e is not None)
-        variables = context(reads, {
-            "record": record, "old": old, "now": ctx.now,
-            "user": self._cel_user(ctx) if "user" in reads else None,
-            "today": self._today(ctx) if "today" in reads else None})
+        The values are converted for CEL once per write (``variables``: the context :meth:`compute`
+        returned, when it still holds the record), and only those the rules read."""
+        if variables is None:
+            variables = self._context(ctx, self._plan(entity)[1], record, old)
         locale = ctx.locale or self.manifest.locales[0]
         errors = []
         for rule in entity.rules:
@@ -140,7 +133,7 @@ class RecordRules:
                 errors += [_field_error(f, code, message) for f in rule.fields or ("",)]
         return errors
 
-    def _cel_user(self, ctx: Context) -> dict[str, Any]:
+    def cel_user(self, ctx: Context) -> dict[str, Any]:
         """``user`` for expressions: the caller's fields, id, roles and teams (nulls for Loom's own code)."""
         known = ctx.access.user if ctx.access is not None else {}
         return {**known, "id": ctx.actor, "roles": list(known.get("roles") or []),

@@ -71,7 +71,7 @@ def run_schedule(loom, schedule, *, now: dt.datetime | None = None, log: Callabl
             break
         after = page[-1]["id"]
         for record in page:
-            if not records.flow._holds(schedule.when, ctx, record, None):
+            if not records.flow.holds(schedule.when, ctx, record, None):
                 continue
             matching.add(record["id"])
             if record["id"] in marked:
@@ -101,10 +101,10 @@ def _act(loom, schedule, entity, record_id: int, now: dt.datetime) -> int:
         with records.writing(ctx) as conn:
             conn.execute(marks.insert().values(schedule=schedule.name, record_id=record_id, at=now))
             try:
-                record = records._current(conn, entity, record_id, None, ctx, "update")
+                record = records.current(conn, entity, record_id, None, ctx, "update")
             except Problem:
                 raise _Skip from None  # deleted meanwhile: the mark goes with the rollback
-            if not records.flow._holds(schedule.when, ctx, record, None):
+            if not records.flow.holds(schedule.when, ctx, record, None):
                 raise _Skip
             records.flow.run_actions(ctx, entity, record, schedule.actions)
         return 1

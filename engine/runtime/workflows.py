@@ -63,7 +63,7 @@ class Transitions:
         if transition.when is not None:
             flow = self.records.flow
             try:
-                passed = flow._holds(transition.when, ctx, record, None)
+                passed = flow.holds(transition.when, ctx, record, None)
             except Problem as problem:
                 return Problem(422, "Guard failed", detail=problem.detail,
                                errors=[_error("", "guard_error", problem.detail or "")])
@@ -89,7 +89,7 @@ class Transitions:
                           f"the transition sets {workflow.field} to '{transition.to}'; leave it out")])
         changes = records.checked(entity, data, partial=True, ctx=ctx)
         with records.writing(ctx) as conn:  # the same transaction as every action of the transition
-            old = records._current(conn, entity, record_id, version, ctx, "update")
+            old = records.current(conn, entity, record_id, version, ctx, "update")
             problem = self.refusal(ctx, workflow, transition, old)
             if problem is not None:
                 raise problem
@@ -99,16 +99,16 @@ class Transitions:
                 record = records.store_update(ctx, entity, old, changes, transition)
             finally:
                 ctx.transition = None
-        records._emit(ctx, "loom_record_updated", entity=entity, old=old, record=record)
-        records._emit(ctx, "loom_record_transitioned", entity=entity, old=old, record=record,
+        records.emit(ctx, "loom_record_updated", entity=entity, old=old, record=record)
+        records.emit(ctx, "loom_record_transitioned", entity=entity, old=old, record=record,
                       workflow=workflow.name, transition=transition.name)
-        return records._visible(ctx, entity, dump_record(entity, record))
+        return records.visible(ctx, entity, dump_record(entity, record))
 
     def available(self, entity: Entity, record_id: int, ctx: Context) -> dict:
         """Every transition of the record's entity: whether the caller may fire it now, and if not, why;
         and the fields its target state requires that the record lacks (give them with the call)."""
         records = self.records
-        names, rows = records._view(ctx, entity, [], ())
+        names, rows = records.view(ctx, entity, [], ())
         with records.reading() as conn:
             record = records.store.fetch(conn, entity, record_id, rows=rows)
             if record is None:

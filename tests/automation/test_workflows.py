@@ -257,3 +257,13 @@ def test_actions_cannot_set_a_state_field_and_workflows_need_an_enum_field():
 def test_a_guard_naming_an_unknown_field_is_e135():
     text = config_errors(project_files(PIPELINE.replace("record.amount >= 1000.0", "record.amout >= 1000.0")))
     assert "E135 guard of transition 'negotiate': deal has no field 'amout'" in text
+
+
+def test_the_transition_endpoints_are_in_the_openapi_document(crm):
+    document = TestClient(crm.asgi()).get("/schema/openapi.json").json()
+    fire_op = document["paths"]["/api/deals/{record_id}/transitions/{name}"]["post"]
+    assert {"200", "403", "409", "422"} <= set(fire_op["responses"])
+    assert "win" in fire_op["description"] and "approve" in fire_op["description"]
+    listing = document["components"]["schemas"]["TransitionOption"]
+    assert {"from", "to", "allowed", "reasons", "needs"} <= set(listing["properties"])
+    assert "/api/companies/{record_id}/transitions" not in document["paths"]  # no workflow, no endpoint
