@@ -22,6 +22,7 @@ from .plugins import action_types
 __all__ = ["Automation", "Schedule", "State", "Transition", "Workflow", "compile_automation"]
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+EVENTS = ("create", "update", "delete")
 
 
 @dataclass(frozen=True)
@@ -266,6 +267,11 @@ class _Compiler:
         if entity is None:
             return None
         on = frozenset([spec.on] if isinstance(spec.on, str) else spec.on)
+        for i, event in enumerate([spec.on] if isinstance(spec.on, str) else spec.on):
+            if event not in EVENTS:
+                self._error((*path, "on", *(() if isinstance(spec.on, str) else (i,))),
+                            f"automation '{name}' reacts to '{event}', which is not a record event",
+                            did_you_mean(event, EVENTS) or f"events: {', '.join(EVENTS)}")
         when = self._expression((*path, "when"), spec.when, entity, f"automation '{name}'")
         actions = self._actions((*path, "actions"), spec.actions, entity)
         if "delete" in on:

@@ -140,8 +140,10 @@ def _check_names(tree: Tree, entity: Entity, user: Entity, bound: set[str]) -> d
         if node.data == "ident":
             name = str(node.children[0])
             if name not in VARIABLES and name not in bound:
-                raise ExpressionError(f"unknown name '{name}'", did_you_mean(name, VARIABLES)
-                                      or f"expressions read {', '.join(VARIABLES)}")
+                close = did_you_mean(name, VARIABLES)
+                raise ExpressionError(f"unknown name '{name}'", (f"{close[:-1]}, or the text " if close else
+                                      f"expressions read {', '.join(VARIABLES)}; for the text ")
+                                      + f"'{name}', write it in quotes: \"'{name}'\"")
             if name in VARIABLES and id(node) not in members:  # read as a whole
                 reads.setdefault(name, set()).update(fields.get(name, ()))
     return {name: frozenset(names) for name, names in reads.items()}

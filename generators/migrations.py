@@ -139,6 +139,8 @@ def _diff_fields(plan: Plan, name: str, before: dict, entity, table: sa.Table) -
                 plan.steps.append(Step(f"add column {table.name}.{column.name} ({column.type}, optional)",
                                        ops.AddColumnOp.from_column_and_tablename(None, table.name, _bare(column)),
                                        batch=table.name if field_.type == "ref" else None))
+                if field_.rollup is not None:
+                    _diff_rollup(plan, where, None, field_.rollup.to_json())
             continue
         changed = [a for a in SCHEMA_ATTRS if old.get(a) != getattr(field_, a)]
         changed += [p for p in SCHEMA_PARAMS if old.get("params", {}).get(p) != field_.params.get(p)]

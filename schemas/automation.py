@@ -16,7 +16,7 @@ the action type, and optionally ``when:`` (CEL; the action runs only when it is 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field
 
@@ -76,8 +76,7 @@ class AutomationSpec(SpecModel):
     """Actions run when a record is created, updated or deleted."""
 
     entity: str
-    on: list[Literal["create", "update", "delete"]] | Literal["create", "update", "delete"] = Field(
-        description="The record events it reacts to.")
+    on: list[str] | str = Field(description="The record events it reacts to: create, update, delete (one, or a list).")
     when: str | None = Field(None, description="CEL: react only when true (`old` holds the values before an "
                              "update), e.g. `record.stage != old.stage`.")
     actions: list[ActionSpec] = Field(min_length=1, description=ACTIONS_HELP)

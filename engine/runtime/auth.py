@@ -78,7 +78,21 @@ class Auth:
             raise Problem(401, "Unauthorized", detail="sign in, or send 'Authorization: Bearer <token>' with a "
                           "valid API token" if not secret else "the session or token is invalid, expired or "
                           "revoked; sign in again", headers={"WWW-Authenticate": 'Bearer realm="loom"'})
-        return Context(actor=actor, channel=channel, access=access)
+        return Context(actor=actor, channel=channel, access=access, locale=self._locale(access, headers))
+
+    def _locale(self, access: Access | None, headers) -> str | None:
+        """The reader's language: the user's own (``user.locale``), else the first of the request's
+        Accept-Language the app speaks, else None (the app's default)."""
+        locales = self.loom.manifest.locales
+        own = access.user.get("locale") if access is not None and access.user else None
+        if own in locales:
+            return own
+        for part in headers.get("accept-language", "").split(","):
+            tag = part.split(";")[0].strip().replace("_", "-")
+            for candidate in (tag, tag.split("-")[0]):
+                if candidate in locales:
+                    return candidate
+        return None
 
     def _plugin_user(self, actor: int, channel: str) -> Context:
         """A user a plugin identified: they must exist and be active."""
@@ -87,7 +101,7 @@ class Auth:
             sa.select(users.c.id).where(users.c.id == actor, users.c.active.is_(True))).scalar())
         if found is None:
             raise Problem(401, "Unauthorized", detail="the signed-in user does not exist or is disabled")
-        return Context(actor=found, channel=channel, access=access)
+        return Context(actor=found, channel=channel, access=access, locale=self._locale(access, {}))
 
     def _caller(self, kind: str, secret: str) -> tuple[int | None, Access | None]:
         """The user behind a secret and what they may do."""

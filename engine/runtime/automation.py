@@ -24,6 +24,7 @@ __all__ = ["Flow", "MAX_DEPTH", "BYPASS_CHANNELS"]
 MAX_DEPTH = 8
 #: Channels that may create or change records in any workflow state (moving data from an old system).
 BYPASS_CHANNELS = ("seed", "import")
+LOOP = "Automation loop"
 EVENTS = {"create": "created", "update": "updated", "delete": "deleted"}
 
 
@@ -63,7 +64,7 @@ class Flow:
         """Check the write against the entity's workflows and run the ``before`` actions of the
         transition and of matching automations (they add to ``values``); returns the ``after`` ones."""
         if ctx.depth > MAX_DEPTH:
-            raise Problem(422, "Automation loop", detail=f"actions wrote records {MAX_DEPTH} levels deep (last: "
+            raise Problem(422, LOOP, detail=f"actions wrote records {MAX_DEPTH} levels deep (last: "
                           f"{entity.name}); check automations that trigger each other")
         automations = self.automations.get((entity.name, event), ())
         if event == "delete":
@@ -179,6 +180,8 @@ class Flow:
         try:
             action.kind.run(run, action.params)
         except Problem as problem:
+            if problem.title == LOOP:
+                raise
             detail = problem.detail or problem.title
             raise Problem(problem.status if problem.status < 500 else 422, "Action failed",
                           detail=f"{action.type} action on {entity.name}: {detail}", errors=problem.errors) from None

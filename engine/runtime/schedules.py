@@ -71,7 +71,13 @@ def run_schedule(loom, schedule, *, now: dt.datetime | None = None, log: Callabl
             break
         after = page[-1]["id"]
         for record in page:
-            if not records.flow.holds(schedule.when, ctx, record, None):
+            try:
+                if not records.flow.holds(schedule.when, ctx, record, None):
+                    continue
+            except Problem as problem:  # one record's values must not stop the rule (nor the worker)
+                failed += 1
+                if log:
+                    log(f"schedule {schedule.name}: {entity.name} {record['id']}: {problem.detail}")
                 continue
             matching.add(record["id"])
             if record["id"] in marked:

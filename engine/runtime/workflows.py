@@ -90,7 +90,7 @@ class Transitions:
         changes = records.checked(entity, data, partial=True, ctx=ctx)
         with records.writing(ctx) as conn:  # the same transaction as every action of the transition
             old = records.current(conn, entity, record_id, version, ctx, "update")
-            problem = self.refusal(ctx, workflow, transition, old)
+            problem = self.refusal(ctx, workflow, transition, {**old, **changes})  # the guard sees the fields given
             if problem is not None:
                 raise problem
             changes[workflow.field] = transition.to

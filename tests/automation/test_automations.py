@@ -128,7 +128,8 @@ automations:
     crm = loom_factory(loop)
     with pytest.raises(Problem) as info:
         crm.records.create(crm.entity("ping"), {"n": 0}, Context())
-    assert info.value.status == 422 and "levels deep" in info.value.detail
+    assert (info.value.status, info.value.title) == (422, "Automation loop")
+    assert info.value.detail.startswith("actions wrote records 8 levels deep")
     assert rows(crm, "ping") == [] and rows(crm, "pong") == []
 
 
@@ -139,6 +140,10 @@ def test_action_mistakes_are_config_errors_at_their_line():
     assert "E137 'logs' is not an entity" in text and "did you mean 'log'?" in text
     assert "E137 assign takes one of team: <team name> or user: <username>" in text
     assert "E135 deal has no field 'nope' (record.nope)" in text
+    text = config_errors(project_files(CRM.replace("on: update", "on: updated").replace("'Follow up '", "Follow")))
+    assert "E136 automation 'follow_up_on_stage_change' reacts to 'updated', which is not a record event" in text
+    assert "hint: did you mean 'update'?" in text
+    assert "unknown name 'Follow'" in text and "for the text 'Follow', write it in quotes: \"'Follow'\"" in text
 
 
 def test_an_overlay_adds_removes_and_changes_automations_and_transitions():

@@ -98,6 +98,16 @@ def test_a_failing_record_is_logged_and_the_others_still_run(loom_factory):
     assert bad["priority"] == "normal"  # its set action was rolled back with the failed create
 
 
+def test_a_record_the_condition_cannot_be_evaluated_for_does_not_stop_the_rule(crm):
+    ticket = crm.entity("ticket")
+    crm.records.create(ticket, {"subject": "No date", "opened_at": None}, Context())
+    crm.records.create(ticket, {"subject": "Old", "opened_at": LONG_AGO}, Context())
+    lines = []
+    assert run_schedule(crm, crm.manifest.schedules["escalate_stale_cases"], log=lines.append) == 1
+    assert notes(crm) == ["Escalated: Old"]
+    assert any("ticket 1: '" in line and "could not be evaluated" in line for line in lines)
+
+
 WORKER = textwrap.dedent("""
     import pathlib, sys, time
     from loomcrm.engine.app import Loom

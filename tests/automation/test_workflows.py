@@ -148,6 +148,14 @@ def test_the_target_states_required_fields_must_be_given_or_present(crm):
     assert fire(crm, moved, "lose", data={"lost_reason": "budget cut"})["stage"] == "lost"
 
 
+def test_the_guard_sees_the_fields_given_with_the_transition(crm):
+    deal = fire(crm, make_deal(crm, amount="500"), "propose")
+    with pytest.raises(Problem) as info:
+        fire(crm, deal, "negotiate")
+    assert info.value.errors[0]["code"] == "guard"
+    assert fire(crm, deal, "negotiate", data={"amount": "2000"})["stage"] == "negotiation"
+
+
 def test_read_only_fields_of_a_state_cannot_be_changed_while_in_it(crm):
     deal = fire(crm, make_deal(crm, amount="2000"), "propose")
     deal = fire(crm, deal, "negotiate")
@@ -172,7 +180,9 @@ def test_wrong_state_wrong_role_failed_guard_and_stale_version_are_refused(crm):
     assert wrong_role.status_code == 403 and "manager" in wrong_role.json()["detail"]
     guard = client.post(f"{url}/negotiate", json={}, headers={**manager, "Accept-Language": "zh"})
     assert guard.status_code == 422 and guard.json()["errors"][0]["code"] == "guard"
-    assert "under 1000" in guard.json()["detail"] or "1000" in guard.json()["detail"]
+    assert "1000 以下的交易不议价。" in guard.json()["detail"]  # the reader's language (Accept-Language)
+    english = client.post(f"{url}/negotiate", json={}, headers=manager).json()
+    assert "Deals under 1000 are not negotiated." in english["errors"][0]["message"]
     assert client.post(f"{url}/negotiat", json={}, headers=manager).status_code == 404
     after = client.get(f"/api/deals/{deal['id']}", headers=rep).json()
     assert (after["stage"], after["version"]) == ("proposal", 2)  # the refused calls changed nothing
@@ -267,3 +277,14 @@ def test_the_transition_endpoints_are_in_the_openapi_document(crm):
     listing = document["components"]["schemas"]["TransitionOption"]
     assert {"from", "to", "allowed", "reasons", "needs"} <= set(listing["properties"])
     assert "/api/companies/{record_id}/transitions" not in document["paths"]  # no workflow, no endpoint
+
+
+def test_a_users_own_language_applies_without_accept_language(crm):
+    from loomcrm.engine.identity import Users
+
+    Users(crm, channel="python").create("wang", "a long password used only in tests", roles=["manager"], locale="zh")
+    client = TestClient(crm.asgi())
+    headers = {"Authorization": f"Bearer {api_token(crm, 'wang')}"}
+    deal = fire(crm, make_deal(crm, amount="500"), "propose")
+    answer = client.post(f"/api/deals/{deal['id']}/transitions/negotiate", json={}, headers=headers).json()
+    assert answer["errors"][0]["message"] == "1000 以下的交易不议价。"
