@@ -36,6 +36,8 @@ VARIABLES = ("record", "old", "user", "now", "today")
 MACROS = frozenset({"all", "exists", "exists_one", "map", "filter"})
 USER_EXTRAS = ("id", "roles", "teams")
 RECORDS = ("record", "old", "user")
+#: In an expression's ``reads``: the record variables it needs as whole maps (see :func:`_flattened`).
+MAPS = "$maps"
 
 
 class ExpressionError(Exception):
@@ -75,13 +77,20 @@ def reads_of(expressions) -> dict[str, frozenset[str]]:
 
 def context(reads: Mapping[str, frozenset[str]], values: Mapping[str, Any]) -> cel.Context:
     """A CEL context holding only what ``reads`` names: of ``record``, ``old`` and ``user`` only the
-    fields read (``values`` holds them as plain mappings of Python values), converted once."""
+    fields read (``values`` holds them as plain mappings of Python values), converted once, as the
+    flat variables ``record__f`` compiled expressions read (and as maps where one needs the map)."""
     variables: dict[str, Any] = {}
+    maps = reads.get(MAPS, ())
     for name, fields in reads.items():
+        if name == MAPS:
+            continue
         value = values.get(name)
         if name in RECORDS:
             value = value or {}
-            variables[name] = {f: cel_value(value.get(f)) for f in fields}
+            converted = {f: cel_value(value.get(f)) for f in fields}
+            variables.update((f"{name}__{f}", v) for f, v in converted.items())
+            if name in maps:
+                variables[name] = converted
         else:
             variables[name] = cel_value(value)
     return cel.Context(variables)
@@ -98,11 +107,42 @@ def compile_expression(text: str, entity: Entity, user: Entity) -> Expression:
             else "see https://github.com/google/cel-spec for the syntax"
         raise ExpressionError(f"'{text}' is not valid CEL (syntax error at column {exc.column or 1})", hint) from None
     reads = _check_names(tree, entity, user, _bound_names(tree))
+    flat, maps = _flattened(text, tree)
+    if maps:
+        reads[MAPS] = frozenset(maps)
     try:
-        program = cel.compile(text)
+        program = cel.compile(flat)
     except ValueError as exc:
         raise ExpressionError(f"'{text}' is not valid CEL: {str(exc).splitlines()[0]}") from None
     return Expression(text, program, reads)
+
+
+def _flattened(text: str, tree: Tree) -> tuple[str, set[str]]:
+    """``text`` with each ``record.f`` (``old.f``, ``user.f``) written as one variable ``record__f``, and
+    the record variables that must stay maps (read as a whole, or inside ``has()``). Handing CEL flat
+    values instead of maps makes a context about ten times cheaper to build, which is most of the
+    cost of evaluating expressions at all."""
+    in_has = {id(sub) for node in tree.iter_subtrees() if node.data == "ident_arg" and str(node.children[0]) == "has"
+              for sub in node.iter_subtrees() if sub.data == "member_dot"}
+    spans, maps, flat_bases = [], set(), set()
+    for node in tree.iter_subtrees():
+        if node.data != "member_dot":
+            continue
+        base = _unwrap(node.children[0])
+        if not (isinstance(base, Tree) and base.data == "ident" and str(base.children[0]) in RECORDS):
+            continue
+        root, name = base.children[0], node.children[1]
+        if id(node) in in_has:
+            maps.add(str(root))
+            continue
+        flat_bases.add(id(base))
+        spans.append((root.start_pos, name.end_pos, f"{root}__{name}"))
+    for node in tree.iter_subtrees():
+        if node.data == "ident" and str(node.children[0]) in RECORDS and id(node) not in flat_bases:
+            maps.add(str(node.children[0]))  # read as a whole
+    for start, end, replacement in sorted(spans, reverse=True):
+        text = text[:start] + replacement + text[end:]
+    return text, maps
 
 
 def _bound_names(tree: Tree) -> set[str]:

@@ -161,8 +161,7 @@ class DecimalType(FieldType):
         scale, precision = field.params["scale"], field.params["precision"]
         if max(number.adjusted() + 1, 0) > precision - scale:
             raise _bad("precision", f"must have at most {precision - scale} digits before the decimal point")
-        step = decimal.Decimal(1).scaleb(-scale)
-        exact = decimal.Context(prec=precision + 2)
+        step, exact = _quantum(precision, scale)
         rounded = number.quantize(step, context=exact)
         if rounded != number:
             raise _bad("scale", f"must have at most {scale} decimal places")
@@ -171,6 +170,12 @@ class DecimalType(FieldType):
 
     def dump(self, field, value):
         return None if value is None else str(value)
+
+
+@functools.cache
+def _quantum(precision: int, scale: int) -> tuple[decimal.Decimal, decimal.Context]:
+    """The step of a decimal field's last digit, and a context exact enough to round to it."""
+    return decimal.Decimal(1).scaleb(-scale), decimal.Context(prec=precision + 2)
 
 
 class MoneyType(DecimalType):
