@@ -29,6 +29,7 @@ run: $(STAMP)
 	@echo "                    password loom-demo-2026 (demo data only; manage users with: loom user ...)"
 	@echo "                    the API needs a sign-in (POST /api/auth/login, or a token); each user sees what"
 	@echo "                    their role allows (zhang.rep: East China accounts; wang.finance: no phone numbers)"
+	@echo "  Scheduled rules and webhooks: run '$(BIN)/loom -p $(EXAMPLE) worker' in another terminal"
 	@echo ""
 	$(BIN)/loom -p $(EXAMPLE) serve --host $(HOST) --port $(PORT)
 
