@@ -182,8 +182,7 @@ class _Compiler:
     # --- workflows ---------------------------------------------------------------------------------
     def workflow(self, name: str, spec: WorkflowSpec, roles, locales) -> Workflow | None:
         path = ("workflows", name)
-        self._name(path, name, "workflow")
-        entity = self._entity(path, spec.entity)
+        entity = self._named(path, "workflow", spec)
         if entity is None:
             return None
         field_ = entity.fields.get(spec.field)
@@ -260,10 +259,14 @@ class _Compiler:
                           tuple(spec.roles), when, message, actions)
 
     # --- automations and schedules -------------------------------------------------------------------------
+    def _named(self, path: tuple, kind: str, spec) -> Entity | None:
+        """Check the name at ``path`` and return the entity ``spec`` names (None when it names none)."""
+        self._name(path, path[-1], kind)
+        return self._entity(path, spec.entity)
+
     def automation(self, name: str, spec: AutomationSpec) -> Automation | None:
         path = ("automations", name)
-        self._name(path, name, "automation")
-        entity = self._entity(path, spec.entity)
+        entity = self._named(path, "automation", spec)
         if entity is None:
             return None
         on = frozenset([spec.on] if isinstance(spec.on, str) else spec.on)
@@ -283,8 +286,7 @@ class _Compiler:
 
     def schedule(self, name: str, spec: ScheduleSpec) -> Schedule | None:
         path = ("schedules", name)
-        self._name(path, name, "schedule")
-        entity = self._entity(path, spec.entity)
+        entity = self._named(path, "schedule", spec)
         if entity is None:
             return None
         when = self._expression((*path, "when"), spec.when, entity, f"schedule '{name}'")

@@ -116,21 +116,21 @@ class RecordRules:
         returned, when it still holds the record), and only those the rules read."""
         if variables is None:
             variables = self._context(ctx, self._plan(entity)[1], record, old)
-        locale = ctx.locale or self.manifest.locales[0]
         errors = []
         for rule in entity.rules:
             try:
                 if rule.when is not None and rule.when.evaluate(variables) is not True:
                     continue
                 passed = rule.check.evaluate(variables)
-                message = text_for(rule.message, locale)
+                if passed is True:
+                    continue
+                message = text_for(rule.message, ctx.locale or self.manifest.locales[0])
             except Exception as exc:  # CEL raises plain Python errors (ZeroDivisionError, KeyError...)
                 passed, message = None, f"rule '{rule.name}' could not be evaluated: {type(exc).__name__}: {exc}"
-            if passed is not True:
-                code = rule.name if passed is False else "rule_error"
-                if passed not in (True, False, None):
-                    message = f"rule '{rule.name}' must give true or false, not {passed!r}"
-                errors += [_field_error(f, code, message) for f in rule.fields or ("",)]
+            code = rule.name if passed is False else "rule_error"
+            if passed not in (False, None):
+                message = f"rule '{rule.name}' must give true or false, not {passed!r}"
+            errors += [_field_error(f, code, message) for f in rule.fields or ("",)]
         return errors
 
     def cel_user(self, ctx: Context) -> dict[str, Any]:
