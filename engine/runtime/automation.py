@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ..actions import Action, ActionRun
 from ..errors import Problem
 from ..expressions import Expression, context
-from ..manifest import Entity, text_for
+from ..manifest import Entity
 from .context import Context, zone
 
 if TYPE_CHECKING:
@@ -76,19 +76,20 @@ class Flow:
             self._check_workflows(ctx, entity, workflows, values, old, transition)
         if not automations and transition is None:
             return None
-        record = {**old, **values} if old else values
+        def record() -> dict:  # as it will be stored, with what the actions so far changed
+            return {**old, **values} if old else values
+
         pending = Pending(transition=transition)
         lists = [transition.actions] if transition is not None else []
-        lists += [a.actions for a in automations if self.holds(a.when, ctx, record, old)]
+        lists += [a.actions for a in automations if self.holds(a.when, ctx, record(), old)]
         for actions in lists:
             for action in actions:
                 if action.phase == "after":
                     pending.actions.append(action)
-                elif self.holds(action.when, ctx, {**old, **values} if old else values, old):
-                    self._run(action, ctx, entity, {**old, **values} if old else values, old, values)
+                elif self.holds(action.when, ctx, record(), old):
+                    self._run(action, ctx, entity, record(), old, values)
         if transition is not None:
-            workflow = self.records.manifest.workflows[transition.workflow]
-            self._require(entity, workflow.state(transition.to), {**old, **values})
+            _require(self.records.manifest.workflows[transition.workflow].state(transition.to), record())
         return pending
 
     def _check_workflows(self, ctx: Context, entity: Entity, workflows, values: dict, old: dict | None,
@@ -97,10 +98,8 @@ class Flow:
         bypass = ctx.channel in BYPASS_CHANNELS
         for workflow in workflows:
             name = workflow.field
-            if old is None:  # a new record starts in the initial state
-                if values.get(name) is None:
-                    values[name] = workflow.initial
-                elif values[name] != workflow.initial and not bypass:
+            if old is None:  # a new record starts in the initial state (see start)
+                if values.get(name, workflow.initial) != workflow.initial and not bypass:
                     errors.append(_error(name, "workflow", f"new {entity.name} records start in '{workflow.initial}'; "
                                          f"move them on with a transition of workflow '{workflow.name}'"))
                 continue
@@ -117,16 +116,9 @@ class Flow:
                                          f"'{old[name]}'"))
         if old is None and not errors:
             for workflow in workflows:
-                self._require(entity, workflow.state(values[workflow.field]), values)
+                _require(workflow.state(values[workflow.field]), values)
         if errors:
             raise Problem(422, "Validation failed", errors=errors)
-
-    @staticmethod
-    def _require(entity: Entity, state, record: dict) -> None:
-        missing = [f for f in state.required if record.get(f) in (None, "", [])]
-        if missing:
-            raise Problem(422, "Validation failed", errors=[
-                _error(f, "required_in_state", f"is required in state '{state.name}'") for f in missing])
 
     # --- after the write -------------------------------------------------------------------------------
     def after_save(self, ctx: Context, entity: Entity, event: str, old: dict | None, record: dict | None,
@@ -187,9 +179,13 @@ class Flow:
                           detail=f"{action.type} action on {entity.name}: {detail}", errors=problem.errors) from None
 
 
+def _require(state, record: dict) -> None:
+    """422 unless ``record`` has a value for every field ``state`` requires."""
+    missing = [f for f in state.required if record.get(f) in (None, "", [])]
+    if missing:
+        raise Problem(422, "Validation failed", errors=[
+            _error(f, "required_in_state", f"is required in state '{state.name}'") for f in missing])
+
+
 def _error(field: str, code: str, message: str) -> dict[str, str]:
     return {"field": field, "code": code, "message": message}
-
-
-def reason_text(message: dict[str, str], locale: str | None, fallback: str) -> str:
-    return text_for(message, locale) if message else fallback

@@ -64,13 +64,13 @@ class Records:
             yield ctx.conn
             return
         lock = write_lock if self.sqlite else contextlib.nullcontext()
-        with lock, self.engine.connect().execution_options(loom_write=True) as conn, conn.begin():
-            ctx.conn, ctx.deferred = conn, []
-            try:
+        deferred: list = []
+        try:
+            with lock, self.engine.connect().execution_options(loom_write=True) as conn, conn.begin():
+                ctx.conn, ctx.deferred = conn, deferred
                 yield conn
-            finally:
-                ctx.conn = None
-        deferred, ctx.deferred = ctx.deferred, None
+        finally:
+            ctx.conn, ctx.deferred = None, None
         for name, kwargs in deferred:  # events of actions' writes, now that they are committed
             emit_event(self.pm, name, **kwargs)
 

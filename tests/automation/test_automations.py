@@ -175,3 +175,24 @@ automations:
     assert sorted(manifest.automations) == ["big_deals_get_a_manager", "follow_up_on_stage_change", "stamp"]
     assert sorted(manifest.workflows["pipeline"].transitions) == ["close", "propose"]
     assert manifest.workflows["pipeline"].transitions["close"].sources == ("new", "proposal")
+
+
+def test_a_context_used_again_after_a_failed_write_still_gets_its_events(loom_factory):
+    from loomcrm.engine.hookspecs import hookimpl
+
+    class Events:
+        def __init__(self):
+            self.seen = []
+
+        @hookimpl
+        def loom_record_created(self, ctx, entity, record):
+            self.seen.append(record["title"])
+
+    events = Events()
+    crm = loom_factory(CRM, plugins=[events])
+    ctx = Context()
+    with pytest.raises(Problem):  # fails inside the transaction
+        crm.records.update(crm.entity("deal"), 999, {"title": "x"}, ctx)
+    assert (ctx.conn, ctx.deferred) == (None, None)  # nothing of the failed write stays on the context
+    crm.records.create(crm.entity("deal"), {"title": "Good"}, ctx)
+    assert events.seen == ["Good"]
