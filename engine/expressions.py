@@ -29,7 +29,8 @@ from lark import Token, Tree
 from .errors import did_you_mean
 from .manifest import Entity
 
-__all__ = ["Expression", "ExpressionError", "compile_expression", "context", "reads_of", "cel_value", "VARIABLES"]
+__all__ = ["Expression", "ExpressionError", "all_of", "compile_expression", "context", "reads_of", "cel_value",
+           "VARIABLES"]
 
 VARIABLES = ("record", "old", "user", "now", "today")
 #: Macros bind their first argument as a variable of their own: record.tags.all(t, t != "x").
@@ -53,17 +54,28 @@ class Expression:
     """A checked, compiled CEL expression.
 
     :ivar reads: the variables it reads, each with the fields it reads of them (empty for ``now``).
+    :ivar compiled: the text CEL compiled (records read as flat variables, see :func:`_flattened`).
     """
 
     text: str
     program: Any  # cel.Program
     reads: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    compiled: str = ""
 
     def evaluate(self, variables: Mapping[str, Any] | cel.Context) -> Any:
         """The value; raises whatever CEL raises (the caller turns it into a clear error). Pass a
         ``cel.Context`` (see :func:`context`) to evaluate several expressions over the same values:
         converting the values costs far more than evaluating."""
         return self.program.execute(variables if isinstance(variables, cel.Context) else dict(variables))
+
+
+def all_of(checks: list[tuple[Expression | None, Expression]]) -> Any:
+    """One CEL program giving the verdict of every ``(when, check)`` at once, as a list (``true``
+    where ``when`` does not hold): a write that passes all its rules pays one evaluation, not one per
+    rule. Errors are not told apart; evaluate the checks one by one to find the culprit."""
+    items = [f"(({when.compiled}) == true) ? ({check.compiled}) : true" if when is not None else f"({check.compiled})"
+             for when, check in checks]
+    return cel.compile("[" + ", ".join(items) + "]")
 
 
 def reads_of(expressions) -> dict[str, frozenset[str]]:
@@ -114,7 +126,7 @@ def compile_expression(text: str, entity: Entity, user: Entity) -> Expression:
         program = cel.compile(flat)
     except ValueError as exc:
         raise ExpressionError(f"'{text}' is not valid CEL: {str(exc).splitlines()[0]}") from None
-    return Expression(text, program, reads)
+    return Expression(text, program, reads, flat)
 
 
 def _flattened(text: str, tree: Tree) -> tuple[str, set[str]]:

@@ -7,16 +7,26 @@ the values the expressions read: converting values for CEL costs far more than e
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from ..actions import to_field_value
 from ..errors import Problem
-from ..expressions import context, reads_of
+from ..expressions import MAPS, all_of, context, reads_of
 from ..fieldtypes import FieldValueError
 from ..manifest import Entity, Manifest, text_for
 from .context import Context, zone
 
 __all__ = ["RecordRules"]
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    """What :meth:`RecordRules.compute` leaves for :meth:`RecordRules.errors`: the CEL context if it
+    still holds the record as computed (else None), and True when every rule already passed."""
+
+    variables: Any
+    passed: bool | None = None
 
 
 class RecordRules:
@@ -27,14 +37,22 @@ class RecordRules:
         self.manifest = manifest
         self._plans: dict[str, tuple] = {}  # entity -> (computed fields, what they read)
         self._default_fields: dict[str, list] = {}  # entity -> its fields with default_expr
+        self._batches: dict[str, Any] = {}  # entity -> one CEL program checking all its rules
 
     def _plan(self, entity: Entity) -> tuple:
-        """``(computed fields, what they and the rules read)``: one CEL context serves both."""
+        """``(computed fields, what they and the rules read, one program for them all or None)``: one
+        CEL context serves both. When no expression reads a computed field, one program computes the
+        fields and checks the rules in a single evaluation (crossing into CEL costs more than evaluating)."""
         plan = self._plans.get(entity.name)
         if plan is None:
             computed = [f for f in entity.user_fields if f.compute is not None]
             rules = [e for rule in entity.rules for e in (rule.check, rule.when) if e is not None]
-            plan = self._plans[entity.name] = (computed, reads_of([*(f.compute for f in computed), *rules]))
+            reads = reads_of([*(f.compute for f in computed), *rules])
+            independent = computed and "record" not in reads.get(MAPS, ()) and \
+                not any(f.name in reads.get("record", ()) for f in computed)
+            batch = all_of([(None, f.compute) for f in computed] + [(r.when, r.check) for r in entity.rules]) \
+                if independent else None
+            plan = self._plans[entity.name] = (computed, reads, batch)
         return plan
 
     def _context(self, ctx: Context, reads: dict, record: dict, old: dict | None):
@@ -46,16 +64,26 @@ class RecordRules:
         """Set every computed field (``compute:``) of ``record`` in ``into``, in field order, each value
         checked by its field type; a value that cannot be computed or does not fit is a 422. One CEL
         context serves them all, rebuilt only after a value that a later computation (or a rule) reads.
-        Returns that context when it still holds the record as computed (for :meth:`errors`), else None."""
-        computed, reads = self._plan(entity)
+        Returns what :meth:`errors` can reuse: the context when it still holds the record as computed,
+        and whether every rule passed when one program did it all."""
+        computed, reads, batch = self._plan(entity)
         if not computed:
             return None
-        record, variables, errors = dict(record), None, []
-        for field in computed:
+        record, variables, errors, passed = dict(record), None, [], None
+        results = None
+        if batch is not None:
+            variables = self._context(ctx, reads, record, old)
+            try:
+                results = batch.execute(variables)
+                passed = all(verdict is True for verdict in results[len(computed):])
+            except Exception:  # one by one below: each error is told about on its own
+                results = None
+        for i, field in enumerate(computed):
             if variables is None:
                 variables = self._context(ctx, reads, record, old)
             try:
-                value = to_field_value(field, field.compute.evaluate(variables), self.manifest.timezone)
+                result = results[i] if results is not None else field.compute.evaluate(variables)
+                value = to_field_value(field, result, self.manifest.timezone)
             except FieldValueError as exc:
                 errors.append(_field_error(field.name, exc.code, f"the computed value {exc.message}"))
                 continue
@@ -68,7 +96,7 @@ class RecordRules:
                 variables = None  # a later computation or a rule reads this value
         if errors:
             raise Problem(422, "Validation failed", errors=errors)
-        return variables
+        return Evaluated(variables, passed)
 
     def defaults(self, ctx: Context, entity: Entity, values: dict) -> None:
         """Set, in field order, every field with a ``default_expr:`` that ``values`` (a create's input,
@@ -109,13 +137,24 @@ class RecordRules:
         return ctx.now.astimezone(zone(self.manifest.timezone)).date().isoformat()
 
     def errors(self, ctx: Context, entity: Entity, record: dict, old: dict | None,
-               variables=None) -> list[dict[str, str]]:
+               evaluated: Evaluated | None = None) -> list[dict[str, str]]:
         """The entity's validation rules (CEL): an error per failing rule and field, all together; a
         rule that cannot be evaluated (say, a division by zero) is an error naming it, never a 500.
-        The values are converted for CEL once per write (``variables``: the context :meth:`compute`
-        returned, when it still holds the record), and only those the rules read."""
+        The values are converted for CEL once per write (``evaluated``: what :meth:`compute` did),
+        and only those the rules read."""
+        if evaluated is not None and evaluated.passed:
+            return []
+        variables = evaluated.variables if evaluated is not None else None
         if variables is None:
             variables = self._context(ctx, self._plan(entity)[1], record, old)
+        batch = self._batches.get(entity.name)
+        if batch is None:
+            batch = self._batches[entity.name] = all_of([(rule.when, rule.check) for rule in entity.rules])
+        try:
+            if all(verdict is True for verdict in batch.execute(variables)):
+                return []
+        except Exception:  # the rules one by one say which failed and how
+            pass
         errors = []
         for rule in entity.rules:
             try:

@@ -76,3 +76,36 @@ def test_a_computation_naming_an_unknown_field_is_a_config_error():
     """))
     assert "E135 computed field 'deal.twice': deal has no field 'amont' (record.amont)" in text
     assert "did you mean 'amount'?" in text
+
+
+INDEPENDENT = """
+entities:
+  deal:
+    fields:
+      title: {type: string, required: true}
+      amount: {type: money}
+      units: {type: integer}
+      net: {type: money, compute: "record.amount == null ? null : record.amount * 0.9"}
+      unit_price: {type: money, compute: "record.units == null ? null : record.amount / double(record.units)"}
+    rules:
+      positive: {check: "record.amount == null || record.amount > 0.0", message: Must be positive., fields: [amount]}
+      per_unit: {check: "record.units == null || 100.0 / double(record.units) > 1.0", message: Too many units.}
+"""
+
+
+def test_fields_and_rules_evaluated_in_one_go_still_report_each_problem_on_its_own(loom_factory):
+    """Where no expression reads a computed field, one CEL program computes and checks everything;
+    a failure anywhere falls back to one by one, so each error still names its field or rule."""
+    crm = loom_factory(INDEPENDENT)
+    entity = crm.entity("deal")
+    deal = crm.records.create(entity, {"title": "A", "amount": "100", "units": 4}, Context())
+    assert (deal["net"], deal["unit_price"]) == ("90.00", "25.00")
+    with pytest.raises(Problem) as info:
+        crm.records.create(entity, {"title": "B", "amount": "-5"}, Context())
+    assert [(e["field"], e["code"]) for e in info.value.errors] == [("amount", "positive")]
+    with pytest.raises(Problem) as info:  # 0 units: the price per unit is infinite, which money cannot hold
+        crm.records.create(entity, {"title": "C", "amount": "100", "units": 0}, Context())
+    assert [(e["field"], e["code"]) for e in info.value.errors] == [("unit_price", "type")]
+    with pytest.raises(Problem) as info:
+        crm.records.update(entity, deal["id"], {"units": 200}, Context())
+    assert [(e["field"], e["code"]) for e in info.value.errors] == [("", "per_unit")]
