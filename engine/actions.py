@@ -331,12 +331,31 @@ class CreateRelated(ActionType):
 
 class EmitWebhook(ActionType):
     """``webhook: {event: <name>}`` (or ``webhook: <name>``): tell the subscriptions of that event,
-    with the record as its payload (delivered after commit by ``loom worker``)."""
+    with the record as its payload (delivered after commit by ``loom worker``). The event is one of the
+    record's own entity (``opportunity.won`` in an action of ``opportunity``): its payload is that record,
+    and the run_as users' rights to it decide who hears of it."""
 
     def compile(self, params, scope):
-        event = params.get("event") if isinstance(params, dict) and set(params) == {"event"} else params
+        from .webhooks import check_event, event_entity
+
+        written = isinstance(params, dict) and set(params) == {"event"}
+        event = params.get("event") if written else params
+        path = ("event",) if written else ()
         if not isinstance(event, str) or not event.strip():
             raise ActionError("webhook takes event: <event name>", "e.g. webhook: {event: opportunity.won}")
+        entity = scope.entity.name
+        if "." not in event:
+            raise ActionError(f"event '{event}' names no entity", f"write {entity}.{event}", path)
+        found = check_event(event, scope.entities)
+        if found:
+            raise ActionError(*found, path)
+        word = event.partition(".")[2]
+        if word == "*":
+            raise ActionError(f"'{event}' stands for every event of {entity}; an action emits one",
+                              f"name it, e.g. {entity}.won", path)
+        if event_entity(event) != entity:
+            raise ActionError(f"an action on {entity} records emits {entity} events, not '{event}': its payload "
+                              f"is the {entity} record", f"write {entity}.{word}", path)
         return event
 
     def run(self, run, params):

@@ -47,6 +47,8 @@ def _parser(plugin_commands: list | None = None) -> argparse.ArgumentParser:
     p = command("worker", "run scheduled rules and deliver webhooks, every few seconds until stopped")
     p.add_argument("--once", action="store_true", help="do one round and exit (e.g. from cron)")
     p.add_argument("--interval", type=float, default=2.0, help="seconds between rounds (default 2)")
+    p.add_argument("--keep-days", type=int, help="days delivered and given-up webhook events are kept "
+                   "(default: 30 delivered, 90 given up)")
     p.add_argument("--database", help="database URL")
     p = command("user", "manage users: create, passwd, disable, enable, list")
     p.add_argument("action", choices=["create", "passwd", "disable", "enable", "list"])
@@ -230,9 +232,11 @@ def _worker(args) -> int:
 
     if args.interval <= 0:
         raise _UsageError("--interval must be a positive number of seconds")
+    if args.keep_days is not None and not 1 <= args.keep_days <= 36500:
+        raise _UsageError("--keep-days must be a whole number of days from 1 to 36500")
     loom = Loom.from_project(args.project, database_url=args.database)
     try:
-        return run_worker(loom, once=args.once, interval=args.interval)
+        return run_worker(loom, once=args.once, interval=args.interval, keep_days=args.keep_days)
     except WorkerNotReady as exc:
         print(f"loom: {exc}", file=sys.stderr)
         return 1

@@ -117,8 +117,8 @@ def migrate_manifest(manifest: Manifest, *, database_url: str | None = None, app
                         problems = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
                         if problems:
                             raise RuntimeError(f"foreign key check failed after migration: {problems[:5]}")
-                    if _rollups_changed(old, manifest):
-                        _refresh_rollups(conn, manifest)
+                    if the_plan.refresh_rollups:
+                        _refresh_rollups(conn, manifest, the_plan)
                     _record(conn, manifest, the_plan, applied_by)
             finally:
                 if sqlite:
@@ -128,21 +128,18 @@ def migrate_manifest(manifest: Manifest, *, database_url: str | None = None, app
         engine.dispose()
 
 
-def _rollups_changed(old: dict[str, Any] | None, manifest: Manifest) -> bool:
-    """Whether a rollup is new (with its field or entity, or on a field that had none) or defined
-    differently since the last migration: then the stored values are not what it gives."""
-    before = (old or {}).get("entities", {})
-    return any(field.rollup.to_json() != before.get(entity.name, {}).get("fields", {}).get(field.name, {}).get("rollup")
-               for entity in manifest.entities.values() for field in entity.fields.values() if field.rollup)
-
-
-def _refresh_rollups(conn: sa.Connection, manifest: Manifest) -> int:
+def _refresh_rollups(conn: sa.Connection, manifest: Manifest, the_plan: Plan) -> int:
     """Compute every rollup of every record, in the migration's transaction, so existing records get
-    their values (new records keep them current as their children change)."""
+    their values (new records keep them current as their children change). A value its field cannot
+    hold refuses the migration, naming the rollup."""
     from .runtime.persistence import Store
-    from .runtime.rollups import Rollups
+    from .runtime.rollups import RollupOverflow, Rollups
 
-    return Rollups(manifest, Store(manifest, build_metadata(manifest))).refresh_all(conn)
+    try:
+        return Rollups(manifest, Store(manifest, build_metadata(manifest))).refresh_all(conn)
+    except RollupOverflow as exc:
+        the_plan.refused.append(str(exc))
+        raise MigrationRefused(the_plan) from None
 
 
 def _record(conn: sa.Connection, manifest: Manifest, the_plan: Plan, applied_by: str | None) -> None:

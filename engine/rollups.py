@@ -30,6 +30,8 @@ ORDERED = (*NUMERIC, "date", "datetime")
 SUMMARISABLE = {"sum": NUMERIC, "min": ORDERED, "max": ORDERED}
 #: Options a rollup field cannot have: Loom sets its value.
 CONFLICTS = ("compute", "default", "default_expr", "required")
+#: Digits before the decimal point of the default decimal(18, 2): enough for any sum a CRM keeps.
+WIDE = 16
 
 
 @dataclass(frozen=True)
@@ -62,23 +64,34 @@ class Rollup:
 
 def rollups_of(entities: dict[str, Entity]) -> list[Rollup]:
     """Every rollup of the app, each after the rollups it reads (a rollup may sum another one)."""
+    return _ordered(entities)[0]
+
+
+def _ordered(entities: dict[str, Entity]) -> tuple[list[Rollup], list[list[tuple[str, str]]]]:
+    """:func:`rollups_of`, and the circles of rollups reading one another that the walk met (each as
+    ``(entity, field)`` keys from a rollup back to itself; the compiler refuses them)."""
     found = {(e.name, f.name): f.rollup for e in entities.values() for f in e.fields.values() if f.rollup}
     ordered: dict[tuple[str, str], Rollup] = {}
-    visiting: set[tuple[str, str]] = set()  # the compiler refuses circles; this only keeps it finite
+    visiting: list[tuple[str, str]] = []  # the path from the rollup the walk started at
+    circles = []
 
     def visit(key: tuple[str, str]) -> None:
-        if key in ordered or key in visiting:
+        if key in visiting:
+            circles.append([*visiting[visiting.index(key):], key])
             return
-        visiting.add(key)
+        if key in ordered:
+            return
+        visiting.append(key)
         rollup = found[key]
         for name in sorted(rollup.reads):
             if (rollup.child, name) in found:
                 visit((rollup.child, name))
+        visiting.pop()
         ordered[key] = rollup
 
     for key in found:
         visit(key)
-    return list(ordered.values())
+    return list(ordered.values()), circles
 
 
 def add_rollups(loaded, entities: dict[str, Entity], errors: list[ConfigError]) -> dict[str, Entity]:
@@ -242,7 +255,33 @@ def _summarised(loaded, entity: Entity, field: Field, child: Entity, spec, error
                            f"{where}: {child.name}.{summarised.name} is in {summarised.params['currency']}, "
                            f"the field in {field.params['currency']}",
                            f"give both the same currency, e.g. currency: {summarised.params['currency']}"))
+    if field.type == summarised.type and "precision" in field.params and not _holds(field, summarised, spec.op):
+        errors.append(_err(loaded, entity.name, (*path[:-1], "precision"), "E145",
+                           f"{where}: {field.name} has {_digits(field)} digits before the decimal point and "
+                           f"{child.name}.{summarised.name} {_digits(summarised)}, so "
+                           + ("the sum of two records may not fit" if spec.op == "sum" else "a value may not fit"),
+                           f"give {field.name} precision {_room(field, summarised, spec.op)}"))
     return summarised
+
+
+def _digits(field: Field) -> int:
+    """How many digits a decimal or money field holds before the decimal point."""
+    return field.params["precision"] - field.params["scale"]
+
+
+def _holds(field: Field, summarised: Field, op: str) -> bool:
+    """Whether ``field`` can hold the ``op`` of ``summarised`` values: a min or max is one of them; a
+    sum needs a digit more than each (room for ten records), or the default's width at least."""
+    mine, theirs = _digits(field), _digits(summarised)
+    if op != "sum":
+        return mine >= theirs
+    return mine > theirs or mine >= max(theirs, WIDE)
+
+
+def _room(field: Field, summarised: Field, op: str) -> int:
+    """The precision to suggest for ``field`` (at its scale): as many digits before the point as
+    ``summarised`` for a min or max; for a sum the default's, or the child's when that is wider."""
+    return field.params["scale"] + (max(_digits(summarised), WIDE) if op == "sum" else _digits(summarised))
 
 
 def _where(loaded, entities, entity: Entity, field: Field, child: Entity, text: str | None,
@@ -273,15 +312,12 @@ def _a(word: str) -> str:
 def _check_dependencies(loaded, entities: dict[str, Entity], errors) -> None:
     """A rollup may summarise another rollup, but not in a circle; a computed field may not read a
     rollup, which changes without its record being saved (the computed value would go stale)."""
-    rollups = {(e.name, f.name): f.rollup for e in entities.values() for f in e.fields.values() if f.rollup}
-    for key in rollups:
-        circle = _circle(rollups, key, [key])
-        if circle:
-            names = " -> ".join(f"{e}.{f}" for e, f in circle)
-            errors.append(_err(loaded, key[0], ("fields", key[1], "rollup"), "E145",
-                               f"rollups read each other in a circle: {names}",
-                               "a rollup may summarise another rollup only when that one does not depend on it",
-                               key=True))
+    for circle in _ordered(entities)[1]:
+        entity, name = circle[0]
+        errors.append(_err(loaded, entity, ("fields", name, "rollup"), "E145",
+                           "rollups read each other in a circle: " + " -> ".join(f"{e}.{f}" for e, f in circle),
+                           "a rollup may summarise another rollup only when that one does not depend on it",
+                           key=True))
     for entity in entities.values():
         own = {f.name for f in entity.fields.values() if f.rollup}
         for field in entity.fields.values():
@@ -293,17 +329,3 @@ def _check_dependencies(loaded, entities: dict[str, Entity], errors) -> None:
                                    "the computed value would go stale",
                                    "compute it from stored fields, or read the rollup where it is needed "
                                    "(validation rules, filters)"))
-
-
-def _circle(rollups: dict, key: tuple[str, str], path: list) -> list | None:
-    """The circle of rollups reading one another that starts and ends at ``path[0]``, or None."""
-    rollup = rollups[key]
-    for name in sorted(rollup.reads):
-        nxt = (rollup.child, name)
-        if nxt == path[0]:
-            return [*path, nxt]
-        if nxt in rollups and nxt not in path:
-            found = _circle(rollups, nxt, [*path, nxt])
-            if found:
-                return found
-    return None

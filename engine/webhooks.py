@@ -8,7 +8,10 @@ the events it wants, or ``<entity>.*`` for every event of an entity.
 from __future__ import annotations
 
 import difflib
+import ipaddress
+import os
 import re
+import socket
 import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -19,9 +22,10 @@ from loomcrm.schemas.automation import WebhookSpec
 from .errors import ConfigError, did_you_mean
 from .expressions import Expression, ExpressionError, compile_expression
 from .manifest import Entity
+from .names import check_identifier
 
-__all__ = ["Webhook", "compile_webhooks", "check_event", "check_url", "event_entity", "emitted_events",
-           "RECORD_EVENTS", "DEFAULTS"]
+__all__ = ["Webhook", "compile_webhooks", "check_event", "check_url", "check_address", "event_entity",
+           "emitted_events", "private_allowed", "RECORD_EVENTS", "DEFAULTS", "ALLOW_PRIVATE_ENV"]
 
 #: The events every entity has, emitted by the write pipeline.
 RECORD_EVENTS = ("created", "updated", "deleted", "transitioned")
@@ -32,16 +36,20 @@ ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 #: Retry settings of subscriptions made through the API (those of ``webhooks:`` default the same).
 DEFAULTS = {key: WebhookSpec.model_fields[key].default for key in ("max_attempts", "backoff_seconds",
                                                                      "timeout_seconds")}
+#: Set to 1 to let subscriptions made through the API send to private addresses (see :func:`check_address`).
+ALLOW_PRIVATE_ENV = "LOOM_WEBHOOKS_ALLOW_PRIVATE"
 
 
 @dataclass(frozen=True)
 class Webhook:
-    """One ``webhooks:`` entry, checked.
+    """Whoever wants events: one ``webhooks:`` entry, checked, or a subscription made through the API
+    (named ``api:<id>``, with ``run_as_id`` and the defaults).
 
     :ivar events: event names, ``<entity>.*`` for all of an entity's.
     :ivar where: CEL over ``record`` (and ``old``, ``now``, ``today``); None: every record.
     :ivar secret_env: environment variable holding the signing secret, read by the worker at delivery.
     :ivar run_as: username whose field and row security shapes (or withholds) each payload.
+    :ivar run_as_id: the same by user id: the creator of an API subscription.
     :ivar source: ``file:line:col`` of the entry.
     """
 
@@ -55,6 +63,7 @@ class Webhook:
     backoff_seconds: float = DEFAULTS["backoff_seconds"]
     timeout_seconds: float = DEFAULTS["timeout_seconds"]
     source: str = ""
+    run_as_id: int | None = None
 
     def wants(self, event: str, entity: str) -> bool:
         return event in self.events or f"{entity}.*" in self.events
@@ -69,10 +78,54 @@ def check_url(url: Any) -> str | None:
     """Why ``url`` cannot receive webhooks, or None when it can."""
     if not isinstance(url, str):
         return "the url must be text"
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # a port out of range or not a number raises ValueError
+    except ValueError as exc:
+        return f"'{url}' is not a URL Loom can send to: {exc}"
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return f"'{url}' is not an http(s) URL with a host"
+    if port == 0:
+        return f"'{url}' is not a URL Loom can send to: port 0"
     return None
+
+
+def private_allowed() -> bool:
+    """Whether the operator lets API subscriptions send to private addresses (``LOOM_WEBHOOKS_ALLOW_PRIVATE=1``)."""
+    return os.environ.get(ALLOW_PRIVATE_ENV) == "1"
+
+
+def check_address(url: str) -> str | None:
+    """Why ``url`` (checked by :func:`check_url`) may not receive what an API subscription sends, else None.
+
+    Anyone with an API token may subscribe, so the server must not become their way into its own
+    network: loopback, private, link-local, multicast, reserved and unspecified addresses are refused,
+    whether written as such or what the host name resolves to now. A name that does not resolve passes
+    (sending to it fails anyway).
+    """
+    host = urllib.parse.urlsplit(url).hostname or ""
+    try:
+        literal = ipaddress.ip_address(host)
+    except ValueError:  # a name
+        literal = None
+    if literal is not None:
+        return None if _public(literal) else f"address not allowed: {host} is not a public address"
+    try:
+        found = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return None
+    addresses = {info[4][0] for info in found}
+    refused = sorted(a for a in addresses if not _public(ipaddress.ip_address(a.partition("%")[0])))  # fe80::1%eth0
+    if refused:
+        return f"address not allowed: {host} resolves to {', '.join(refused)}, not a public address"
+    return None
+
+
+def _public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return not (address.is_loopback or address.is_private or address.is_link_local or address.is_multicast
+                or address.is_reserved or address.is_unspecified)
 
 
 def check_event(event: Any, entities: Mapping[str, Entity], custom: Iterable[str] = ()) -> tuple[str, str] | None:
@@ -111,11 +164,9 @@ def _typo_of(word: str, known: list[str]) -> str | None:
 def compile_webhooks(loaded, entities: dict[str, Entity], errors: list[ConfigError]) -> dict[str, Webhook]:
     """``webhooks:`` as :class:`Webhook` objects by name; every problem is added to ``errors`` (E140,
     E135 for the ``where`` expression) with the place it was written."""
-    raw = loaded.tree.get("webhooks") if isinstance(loaded.tree, dict) else None
-    specs = {name: WebhookSpec.model_validate(value) for name, value in (raw or loaded.project.webhooks).items()}
     custom = emitted_events(loaded.tree)
     result = {}
-    for name, spec in specs.items():
+    for name, spec in loaded.named["webhooks"].items():
         webhook = _compile_one(loaded, name, spec, entities, custom, errors)
         if webhook is not None:
             result[name] = webhook
@@ -129,6 +180,9 @@ def _compile_one(loaded, name: str, spec: WebhookSpec, entities, custom, errors)
         errors.append(ConfigError(loaded.locate(("webhooks", name, *path)), code, f"webhook '{name}': {message}",
                                   hint))
 
+    bad_name = check_identifier(name, "webhook", frozenset())
+    if bad_name:  # the name is kept in the outbox, and 'api:<id>' belongs to API subscriptions
+        errors.append(ConfigError(loaded.locate(("webhooks", name), key=True), *bad_name))
     problem = check_url(spec.url)
     if problem:
         error(("url",), problem, "e.g. https://hooks.example.com/loom")
@@ -170,14 +224,16 @@ def _where(spec: WebhookSpec, entities, error) -> Expression | None:
 
 
 def emitted_events(tree: Any) -> set[str]:
-    """Events the config's ``webhook`` actions emit (``- webhook: {event: opportunity.won}``)."""
+    """Events the ``webhook`` actions of the merged config (every file) emit: ``- webhook: {event:
+    opportunity.won}`` or ``- webhook: opportunity.won``."""
     found: set[str] = set()
 
     def walk(node: Any) -> None:
         if isinstance(node, dict):
             action = node.get("webhook")
-            if isinstance(action, dict) and isinstance(action.get("event"), str):
-                found.add(action["event"])
+            event = action.get("event") if isinstance(action, dict) else action
+            if isinstance(event, str):
+                found.add(event)
             for value in node.values():
                 walk(value)
         elif isinstance(node, list):

@@ -40,12 +40,21 @@ class Step:
 
 @dataclass
 class Plan:
-    """What it takes to bring a database from ``old`` to ``new``."""
+    """What it takes to bring a database from ``old`` to ``new``.
+
+    :ivar steps: the schema changes, in order.
+    :ivar refused: why changes this version cannot apply were left out; ``migrate`` applies nothing then.
+    :ivar notes: changes with no DDL (labels, new options, rollups to recompute...).
+    :ivar initial: the schema is created from nothing.
+    :ivar refresh_rollups: a rollup is new (with its field or entity) or defined differently, so the
+        stored values are not what it gives: ``migrate`` recomputes every rollup.
+    """
 
     steps: list[Step] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)  # changes with no DDL (labels, new options...)
+    notes: list[str] = field(default_factory=list)
     initial: bool = False
+    refresh_rollups: bool = False
 
     @property
     def empty(self) -> bool:
@@ -94,6 +103,7 @@ def plan_migration(old: dict[str, Any] | None, new: Manifest, *, has_migrations_
         before = old_entities.get(entity.name)
         if before is None:
             _create_table(plan, table, f"entity '{entity.name}'")
+            plan.refresh_rollups |= any(f.rollup is not None for f in entity.fields.values())
             continue
         _diff_fields(plan, entity.name, before, entity, table)
         _diff_indexes(plan, before, entity, table)
@@ -176,6 +186,7 @@ def _diff_rollup(plan: Plan, where: str, old: dict | None, new: dict | None) -> 
         plan.notes.append(f"{where} is no longer a rollup: its values stay as they are and people may change them")
     else:
         plan.notes.append(f"rollup {where} {'changed' if old else 'added'}: its values are recomputed")
+        plan.refresh_rollups = True
 
 
 def _index_signatures(entity_json: dict) -> set[tuple[str, tuple[str, ...]]]:

@@ -85,10 +85,11 @@ def parse_version(text: str | None, where: str) -> int | None:
     return int(text)
 
 
-def checked_id(entity: Entity, record_id: int) -> int:
-    """Ids beyond 64 bits cannot exist: answer 404 instead of letting the database overflow."""
+def checked_id(what: Entity | str, record_id: int) -> int:
+    """Ids beyond 64 bits cannot exist: answer 404 instead of letting the database overflow.
+    ``what`` is the entity, or the name of the thing (``webhook subscription``) the 404 speaks of."""
     if not 1 <= record_id <= 2**63 - 1:
-        raise Problem(404, "Not found", detail=f"no {entity.name} with id {record_id}")
+        raise Problem(404, "Not found", detail=f"no {what if isinstance(what, str) else what.name} with id {record_id}")
     return record_id
 
 

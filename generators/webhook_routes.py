@@ -5,19 +5,21 @@ input (one 422 naming every problem) and the caller's right to subscribe (403).
 """
 
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Any
 
 from litestar import Request, Response, Router, delete, get, post
-from litestar.params import FromPath, JSONBody, Parameter, SkipValidation
+from litestar.params import FromPath, JSONBody, SkipValidation
 from pydantic import BaseModel, Field
 
 from loomcrm.engine.runtime.context import Context
 from loomcrm.engine.runtime.query import parse_page_params
 from loomcrm.engine.runtime.subscriptions import Subscriptions
 
-from .routes import _problems, _typed
+from .routes import ListParams, _problems, _typed, checked_id
 
 __all__ = ["webhook_router"]
+
+SUBSCRIPTION = "webhook subscription"
 
 SIGNATURE_HELP = ("Each event is POSTed as JSON with the headers X-Loom-Event, X-Loom-Delivery (an idempotency "
                   "key, the same on every retry), X-Loom-Timestamp and X-Loom-Signature: sha256=<hex HMAC-SHA256 "
@@ -78,14 +80,13 @@ def webhook_router(subscriptions: Subscriptions, api_context: Callable[[Request]
         return {"data": subscriptions.list(api_context(request))}
 
     def remove(request: Request, subscription_id: int) -> None:
-        subscriptions.delete(api_context(request), subscription_id)
+        subscriptions.delete(api_context(request), checked_id(SUBSCRIPTION, subscription_id))
 
     def deliveries(request: Request, subscription_id: int, limit=None, cursor=None) -> Any:
         limit_, before = parse_page_params(request.query_params.multi_items())
-        return subscriptions.delivery_log(api_context(request), subscription_id, limit=limit_, before=before)
+        return subscriptions.delivery_log(api_context(request), checked_id(SUBSCRIPTION, subscription_id),
+                                          limit=limit_, before=before)
 
-    Page = Annotated[str | None, Parameter(description="`next_cursor` of the previous page.")]
-    Limit = Annotated[str | None, Parameter(description="Page size.", schema_extra={"type": "integer", "minimum": 1})]
     handlers = [
         post("/", summary="Subscribe to events (the answer shows the signing secret once)", description=SIGNATURE_HELP,
              status_code=201, responses=_problems(401, 403, 422), **opts)(
@@ -98,7 +99,7 @@ def webhook_router(subscriptions: Subscriptions, api_context: Callable[[Request]
             _typed(remove, {"request": Request, "subscription_id": FromPath[int], "return": None})),
         get("/{subscription_id:int}/deliveries", summary="Delivery attempts of a subscription, newest first",
             responses=_problems(400, 401, 404), **opts)(
-            _typed(deliveries, {"request": Request, "subscription_id": FromPath[int], "limit": Limit, "cursor": Page,
-                                "return": WebhookDeliveryPage})),
+            _typed(deliveries, {"request": Request, "subscription_id": FromPath[int], "limit": ListParams["limit"],
+                                "cursor": ListParams["cursor"], "return": WebhookDeliveryPage})),
     ]
     return Router(path="/api/webhooks", route_handlers=handlers)

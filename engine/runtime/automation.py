@@ -17,6 +17,7 @@ from .context import Context, zone
 if TYPE_CHECKING:
     from ..automation import Transition, Workflow
     from .pipeline import Records
+    from .rollups import Doomed
 
 __all__ = ["Flow", "MAX_DEPTH", "BYPASS_CHANNELS"]
 
@@ -30,10 +31,15 @@ EVENTS = {"create": "created", "update": "updated", "delete": "deleted"}
 
 @dataclass
 class Pending:
-    """``after`` actions chosen before the write (their conditions saw the record as sent)."""
+    """What :meth:`Flow.before_save` leaves for :meth:`Flow.after_save`.
+
+    :ivar actions: the ``after`` actions chosen before the write (their conditions saw the record as sent).
+    :ivar doomed: for a delete, the rollups' parents of the children it takes along (by cascade).
+    """
 
     actions: list[Action] = field(default_factory=list)
     transition: Transition | None = None
+    doomed: Doomed = field(default_factory=dict)
 
 
 class Flow:
@@ -68,9 +74,10 @@ class Flow:
                           f"{entity.name}); check automations that trigger each other")
         automations = self.automations.get((entity.name, event), ())
         if event == "delete":
-            self.records.rollups.before_delete(ctx.conn, entity, old["id"])
+            doomed = self.records.rollups.before_delete(ctx.conn, entity, old["id"])
             chosen = [a for a in automations if self.holds(a.when, ctx, old, None)]
-            return Pending([action for a in chosen for action in a.actions]) if chosen else None
+            return Pending([action for a in chosen for action in a.actions], doomed=doomed) \
+                if chosen or doomed else None
         workflows = self.workflows.get(entity.name, ())
         if workflows:
             self._check_workflows(ctx, entity, workflows, values, old, transition)
@@ -124,7 +131,7 @@ class Flow:
     def after_save(self, ctx: Context, entity: Entity, event: str, old: dict | None, record: dict | None,
                    pending: Pending | None) -> None:
         """Rollups, the chosen ``after`` actions, and the webhook events of a stored write."""
-        self.records.rollups.after_write(ctx.conn, entity, old, record)
+        self.records.rollups.after_write(ctx.conn, entity, old, record, pending.doomed if pending else None)
         subject = record if record is not None else old
         for action in pending.actions if pending else ():
             if self.holds(action.when, ctx, subject, old):

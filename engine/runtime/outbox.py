@@ -10,7 +10,6 @@ hide from them in the API.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -19,41 +18,33 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.sql import visitors
 
-from ..expressions import Expression, context
+from ..expressions import context
 from ..manifest import Entity, Manifest
+from ..webhooks import Webhook
 from .access import Access, Policies, RowFilter, access_for
 from .audit import changed_fields
 from .context import Context, zone
 from .persistence import Store, dump_record
 
-__all__ = ["Outbox", "Subscription", "CACHE_SECONDS", "api_subscription_name"]
+__all__ = ["Outbox", "CACHE_SECONDS", "api_subscription_name", "api_subscription_id", "record_in_rows"]
 
 log = logging.getLogger("loomcrm.webhooks")
 
 #: How long one process trusts what it read about subscriptions made through the API and about the
 #: users webhooks run as: a new subscription hears of writes in other processes within this time.
 CACHE_SECONDS = 2.0
+API_PREFIX = "api:"
 
 
 def api_subscription_name(subscription_id: int) -> str:
-    """The outbox's name of a subscription made through the API."""
-    return f"api:{subscription_id}"
+    """The outbox's name of a subscription made through the API (``webhooks:`` names cannot look so)."""
+    return f"{API_PREFIX}{subscription_id}"
 
 
-@dataclass(frozen=True)
-class Subscription:
-    """Whoever wants events: a ``webhooks:`` entry (``run_as`` a username) or an API subscription
-    (``run_as_id`` its creator)."""
-
-    name: str
-    url: str
-    events: tuple[str, ...]
-    where: Expression | None = None
-    run_as: str | None = None
-    run_as_id: int | None = None
-
-    def wants(self, event: str, entity: str) -> bool:
-        return event in self.events or f"{entity}.*" in self.events
+def api_subscription_id(name: str) -> int | None:
+    """The id in an outbox name made by :func:`api_subscription_name`; None for a ``webhooks:`` name."""
+    number = name.removeprefix(API_PREFIX)
+    return int(number) if number != name and number.isdigit() else None
 
 
 @dataclass(frozen=True)
@@ -77,18 +68,16 @@ class Outbox:
         tables = store.metadata.tables
         self.table, self.subscriptions = tables["loom_outbox"], tables["loom_webhook"]
         self._insert = self.table.insert()
-        self._configured = tuple(Subscription(w.name, w.url, w.events, w.where, w.run_as)
-                                 for w in manifest.webhooks.values())
-        self._api: tuple[float, tuple[Subscription, ...]] = (float("-inf"), ())
+        self._configured = tuple(manifest.webhooks.values())
+        self._api: tuple[float, tuple[Webhook, ...]] = (float("-inf"), ())
         self._viewers: dict[tuple, tuple[float, Viewer]] = {}
-        self._has_table: bool | None = None
-        self._lock = threading.Lock()
+        self._has_table: bool | None = None  # None: not looked yet
 
     def forget(self) -> None:
-        """Drop what this process remembers of subscriptions and users (after changing them)."""
-        with self._lock:
-            self._api = (float("-inf"), ())
-            self._viewers.clear()
+        """Drop what this process remembers of subscriptions, users and tables (after changing them)."""
+        self._api = (float("-inf"), ())
+        self._viewers.clear()
+        self._has_table = None
 
     def enqueue(self, conn, ctx: Context, event: str, entity: Entity, record: dict, old: dict | None = None) -> int:
         """Queue ``event`` (``<entity>.created`` ...) of ``record`` for every subscription that wants it,
@@ -96,7 +85,8 @@ class Outbox:
         wanting = [s for s in (*self._configured, *self._api_subscriptions(conn)) if s.wants(event, entity.name)]
         if not wanting:
             return 0
-        shapes = Shapes(entity, record, old)
+        # a deleted record comes as both record and old (from a custom event of an automation on delete too)
+        shapes = Shapes(entity, record, old, stored=not event.endswith(".deleted") and record is not old)
         rows = []
         for subscription in wanting:
             payload = self._payload(conn, ctx, subscription, event, entity, shapes)
@@ -111,25 +101,26 @@ class Outbox:
         return len(rows)
 
     # --- who wants the event, and what they may see of it ------------------------------------------
-    def _api_subscriptions(self, conn) -> tuple[Subscription, ...]:
+    def _api_subscriptions(self, conn) -> tuple[Webhook, ...]:
         """Active subscriptions made through the API, read at most every :data:`CACHE_SECONDS`
         (so a write costs no query when nobody subscribed)."""
         read_at, subscriptions = self._api
         now = time.monotonic()
         if now - read_at < CACHE_SECONDS:
             return subscriptions
-        if self._has_table is None:  # a database not migrated since webhooks came: no subscriptions yet
-            self._has_table = sa.inspect(conn).has_table(self.subscriptions.name)
-            if not self._has_table:
+        if not self._has_table:  # a database not migrated since webhooks came: looked at again until it is
+            found = sa.inspect(conn).has_table(self.subscriptions.name)
+            if not found and self._has_table is None:
                 log.warning("the database has no table %s: run 'loom migrate' to use webhooks", self.subscriptions.name)
+            self._has_table = found
         rows = conn.execute(sa.select(self.subscriptions).where(self.subscriptions.c.active.is_(True))).all() \
             if self._has_table else []
-        subscriptions = tuple(Subscription(api_subscription_name(r.id), r.url, tuple(r.events), run_as_id=r.run_as)
+        subscriptions = tuple(Webhook(api_subscription_name(r.id), r.url, tuple(r.events), run_as_id=r.run_as)
                               for r in rows)
         self._api = (now, subscriptions)
         return subscriptions
 
-    def _payload(self, conn, ctx: Context, subscription: Subscription, event: str, entity: Entity,
+    def _payload(self, conn, ctx: Context, subscription: Webhook, event: str, entity: Entity,
                  shapes: Shapes) -> dict | None:
         """The event as the subscription's user may see it; None when they may not see it at all
         or its ``where`` leaves the record out."""
@@ -138,8 +129,7 @@ class Outbox:
         viewer = self._viewer(conn, subscription)
         access = viewer.access
         if not viewer.allowed or access is not None and not (
-                access.can(entity, "read") and record_in_rows(conn, self.store, entity, shapes.record,
-                                                             access.rows(entity, "read"))):
+                access.can(entity, "read") and self._in_rows(conn, shapes, access.rows(entity, "read"))):
             return None
         key = uuid.uuid4().hex
         payload: dict[str, Any] = {"id": key, "event": event, "entity": entity.name,
@@ -149,7 +139,14 @@ class Outbox:
             payload["changes"] = shapes.changes(access)
         return payload
 
-    def _matches(self, subscription: Subscription, ctx: Context, shapes: Shapes) -> bool:
+    def _in_rows(self, conn, shapes: Shapes, rows: RowFilter | None) -> bool:
+        """Whether the event's record is among ``rows``: a stored one is looked up (in this transaction),
+        a deleted one is tested through its values."""
+        if shapes.stored:
+            return self.store.in_rows(conn, shapes.entity, shapes.record["id"], rows)
+        return record_in_rows(conn, self.store, shapes.entity, shapes.record, rows)
+
+    def _matches(self, subscription: Webhook, ctx: Context, shapes: Shapes) -> bool:
         where = subscription.where
         today = ctx.now.astimezone(zone(self.manifest.timezone)).date().isoformat() if "today" in where.reads \
             else None
@@ -163,7 +160,7 @@ class Outbox:
                         type(exc).__name__, exc)
             return False
 
-    def _viewer(self, conn, subscription: Subscription) -> Viewer:
+    def _viewer(self, conn, subscription: Webhook) -> Viewer:
         """What the subscription's user may see, remembered for :data:`CACHE_SECONDS`."""
         if subscription.run_as is None and subscription.run_as_id is None:
             return EVERYTHING
@@ -187,10 +184,11 @@ class Outbox:
 
 
 class Shapes:
-    """One event's record in JSON form, computed once and cut down per reader."""
+    """One event's record in JSON form, computed once and cut down per reader; ``stored``: the record
+    is in its table as given (not deleted)."""
 
-    def __init__(self, entity: Entity, record: dict, old: dict | None):
-        self.entity, self.record, self.old = entity, record, old
+    def __init__(self, entity: Entity, record: dict, old: dict | None, *, stored: bool):
+        self.entity, self.record, self.old, self.stored = entity, record, old, stored
         self._dumped: dict | None = None
         self._changes: dict | None = None
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pluggy
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError
 
 from ..database import write_lock
 from ..errors import Problem, did_you_mean
@@ -232,8 +232,8 @@ class Records:
         values = self.checked(entity, data, partial=False, trusted=trusted, ctx=ctx)
         if owner is not None:
             values["owner"] = owner
+        self.flow.start(entity, values)  # before the defaults: an expression may read the state
         self._apply_defaults(entity, values, ctx)
-        self.flow.start(entity, values)
         missing = [f for f in entity.user_fields if f.required and values.get(f.name) is None]
         if missing:
             raise invalid([_error(f.name, "required", "is required") for f in missing])
@@ -260,6 +260,8 @@ class Records:
                 self.flow.after_save(ctx, entity, "create", None, record, pending)
         except IntegrityError as exc:
             raise self._integrity_problem(entity, exc, values) from None
+        except DataError as exc:
+            raise data_problem(entity, exc) from None
         self.emit(ctx, "loom_record_created", entity=entity, record=record)
         return self.visible(ctx, entity, dump_record(entity, record))
 
@@ -276,6 +278,8 @@ class Records:
                 record = self.store_update(ctx, entity, old, changes)
         except IntegrityError as exc:
             raise self._integrity_problem(entity, exc, changes) from None
+        except DataError as exc:
+            raise data_problem(entity, exc) from None
         if record is None:  # nothing to change: no new version, no conflict for others
             return self.visible(ctx, entity, dump_record(entity, old))
         self.emit(ctx, "loom_record_updated", entity=entity, old=old, record=record)
@@ -332,6 +336,8 @@ class Records:
                 self.flow.after_save(ctx, entity, "delete", old, None, pending)
         except IntegrityError:
             raise self._restrict_problem(entity, record_id) from None
+        except DataError as exc:
+            raise data_problem(entity, exc) from None
         self.emit(ctx, "loom_record_deleted", entity=entity, record=old)
 
     def reassign(self, from_user: int, to_user: int, ctx: Context,
@@ -430,6 +436,10 @@ class Records:
                 errors.append(_error(name, "unknown_field",
                                      f"'{entity.name}' has no field '{name}'" + (f" ({hint})" if hint else "")))
                 continue
+            if field.rollup is not None or field.compute is not None:  # not even for Loom's own code
+                errors.append(_error(name, "read_only", "is computed from other records; it cannot be set"
+                                     if field.rollup is not None else "is computed; it cannot be set"))
+                continue
             if field.system or (field.read_only and not trusted):
                 errors.append(_error(name, "read_only", "is read-only"))
                 continue
@@ -464,7 +474,8 @@ class Records:
 
     def _apply_defaults(self, entity: Entity, values: dict, ctx: Context) -> None:
         """Fill the fields a create leaves out: literal and dynamic defaults, then ``default_expr:``
-        (which read the values given and those defaults; a failing one is a 422 naming its field)."""
+        (which read the values given, the workflows' initial states and those defaults; a failing one
+        is a 422 naming its field)."""
         for field in entity.user_fields:
             if field.name in values:
                 continue
@@ -580,6 +591,13 @@ def _with_id(names: list[str]) -> list[str]:
 
 def _error(field: str, code: str, message: str) -> dict[str, str]:
     return {"field": field, "code": code, "message": message}
+
+
+def data_problem(entity: Entity, exc: DataError) -> Problem:
+    """A value the database refused to store (input is checked against the field types first, so this
+    is a value worked out past them, such as a plugin's)."""
+    reason = str(exc.orig).splitlines()[0] if exc.orig is not None else type(exc).__name__
+    return invalid([_error("", "out_of_range", f"the database cannot store this {entity.name}: {reason}")])
 
 
 def invalid(errors: list[dict[str, str]]) -> Problem:

@@ -19,16 +19,20 @@ reads, in the same write.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Iterable
 
 import sqlalchemy as sa
+from sqlalchemy.exc import DataError
 
+from ..errors import Problem
 from ..manifest import Entity, Manifest
 from ..rollups import Rollup, rollups_of
 from .persistence import Store
 
-__all__ = ["Rollups"]
+__all__ = ["Rollups", "RollupOverflow", "Doomed"]
+
+#: Per rollup, the parents whose children a delete takes along (see :meth:`Rollups.before_delete`).
+Doomed = dict[Rollup, set[int]]
 
 CHILD = "loom_rollup_child"  # the child table's alias: a tree (account.parent) summarises its own table
 
@@ -47,13 +51,14 @@ class Rollups:
         self._some = {r: self._statement(r).where(self._id(r).in_(sa.bindparam("ids", expanding=True)))
                       for r in self.rollups}
         self._cascades = self._cascading_children()
-        self._doomed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # conn -> {(entity, id): parents}
 
     # --- the pipeline's calls ---------------------------------------------------------------------
-    def after_write(self, conn: sa.Connection, entity: Entity, old: dict | None, record: dict | None) -> None:
+    def after_write(self, conn: sa.Connection, entity: Entity, old: dict | None, record: dict | None,
+                    doomed: Doomed | None = None) -> None:
         """Recompute the rollups ``entity``'s write affects (``old`` None on create, ``record`` None on
-        delete), in the write's transaction. An update that changes none of the fields a rollup reads
-        costs nothing; a child moved to another parent updates both."""
+        delete, with ``doomed``: what :meth:`before_delete` found), in the write's transaction. An update
+        that changes none of the fields a rollup reads costs nothing; a child moved to another parent
+        updates both. A value its field cannot hold is a 422 naming the rollup."""
         parents: dict[Rollup, set[int]] = {}
         for rollup in self._of_child.get(entity.name, ()):
             if old is not None and record is not None and all(old.get(f) == record.get(f) for f in rollup.reads):
@@ -61,16 +66,15 @@ class Rollups:
             ids = {r.get(rollup.ref) for r in (old, record) if r is not None} - {None}
             if ids:
                 parents.setdefault(rollup, set()).update(ids)
-        if record is None and old is not None:
-            for rollup, ids in self._doomed.get(conn, {}).pop((entity.name, old.get("id")), {}).items():
-                parents.setdefault(rollup, set()).update(ids)
+        for rollup, ids in (doomed or {}).items():
+            parents.setdefault(rollup, set()).update(ids)
         if parents:
             self._update(conn, parents)
 
-    def before_delete(self, conn: sa.Connection, entity: Entity, record_id: int) -> None:
-        """Remember the parents of children the database will delete by cascade (or empty a ref of, by
-        ``set_null``) with this record, one level deep: :meth:`after_write` of the delete updates them."""
-        parents: dict[Rollup, set[int]] = {}
+    def before_delete(self, conn: sa.Connection, entity: Entity, record_id: int) -> Doomed:
+        """The parents of children the database will delete by cascade (or empty a ref of, by
+        ``set_null``) with this record, one level deep: give them to :meth:`after_write` of the delete."""
+        parents: Doomed = {}
         for child, ref, rollups in self._cascades.get(entity.name, ()):
             table = self.store.tables[child.name]
             columns = [table.c[child.fields[r.ref].column] for r in rollups]
@@ -79,13 +83,19 @@ class Rollups:
                 for rollup, parent in zip(rollups, row, strict=True):
                     if parent is not None:
                         parents.setdefault(rollup, set()).add(parent)
-        if parents:
-            self._doomed.setdefault(conn, {})[(entity.name, record_id)] = parents
+        return parents
 
     def refresh_all(self, conn: sa.Connection) -> int:
         """Recompute every rollup of every record (after a migration adds one or changes its
-        definition): one UPDATE per rollup, in dependency order. Returns the rows updated."""
-        return sum(conn.execute(self._statement(rollup)).rowcount for rollup in self.rollups)
+        definition): one UPDATE per rollup, in dependency order. Returns the rows updated; raises
+        :class:`RollupOverflow` when a value does not fit its field."""
+        updated = 0
+        for rollup in self.rollups:
+            try:
+                updated += conn.execute(self._statement(rollup)).rowcount
+            except DataError:
+                raise RollupOverflow(self._overflow(rollup)) from None
+        return updated
 
     # --- statements -------------------------------------------------------------------------------
     def _update(self, conn: sa.Connection, parents: dict[Rollup, set[int]]) -> None:
@@ -97,7 +107,11 @@ class Rollups:
             if not ids:
                 continue
             self._lock(conn, rollup.entity, ids, locked)
-            conn.execute(self._some[rollup], {"ids": sorted(ids)})
+            try:
+                conn.execute(self._some[rollup], {"ids": sorted(ids)})
+            except DataError:  # the transaction is spoilt (PostgreSQL): the write rolls back
+                raise Problem(422, "Validation failed", errors=[
+                    {"field": "", "code": "rollup_overflow", "message": self._overflow(rollup)}]) from None
             for dependent in self._dependents[rollup]:
                 parents.setdefault(dependent, set()).update(self._refs(conn, dependent, ids))
 
@@ -117,6 +131,16 @@ class Rollups:
             conn.execute(sa.select(table.c.id).where(table.c.id.in_(new)).order_by(table.c.id)
                          .with_for_update(key_share=True))  # NO KEY UPDATE: children may still be added
             locked.update((entity, i) for i in new)
+
+    def _overflow(self, rollup: Rollup) -> str:
+        """Why the database refused a rollup's value, and what to change in the config."""
+        field = self.manifest.entities[rollup.entity].fields[rollup.name]
+        if "precision" not in field.params:  # a 64-bit integer: only a sum reaches its end
+            return f"{rollup.entity}.{rollup.name} cannot hold the {rollup.op} of its {rollup.child} records"
+        digits = field.params["precision"] - field.params["scale"]
+        return (f"{rollup.entity}.{rollup.name} cannot hold the {rollup.op} of its {rollup.child} records: "
+                f"it has {digits} digits before the decimal point (precision {field.params['precision']}, "
+                f"scale {field.params['scale']}); give it a larger precision")
 
     def _refs(self, conn: sa.Connection, rollup: Rollup, ids: Iterable[int]) -> set[int]:
         """The parents of ``rollup`` that the child records ``ids`` point at."""
@@ -168,3 +192,8 @@ class Rollups:
                 if affected:
                     cascades.setdefault(ref.target, []).append((child, ref.name, affected))
         return cascades
+
+
+class RollupOverflow(Exception):
+    """A rollup's value does not fit its field (a sum past a decimal's precision): the database
+    refused it, and the statement's transaction is spoilt."""

@@ -36,7 +36,7 @@ class RecordRules:
     def __init__(self, manifest: Manifest):
         self.manifest = manifest
         self._plans: dict[str, tuple] = {}  # entity -> (computed fields, what they read)
-        self._default_fields: dict[str, list] = {}  # entity -> its fields with default_expr
+        self._defaults: dict[str, tuple] = {}  # entity -> (its fields with default_expr, what they read)
         self._batches: dict[str, Any] = {}  # entity -> one CEL program checking all its rules
 
     def _plan(self, entity: Entity) -> tuple:
@@ -104,16 +104,14 @@ class RecordRules:
         through the field's type as input would: a timestamp becomes a date in the app's time zone
         for a date field, a double is rounded to a decimal's scale. A value that cannot be worked
         out or does not fit is a 422 naming the field (``default_error``, or the type's code)."""
-        fields = [f for f in self._defaulted(entity) if f.name not in values]
+        defaulted, reads = self._default_plan(entity)
+        fields = [f for f in defaulted if f.name not in values]
         if not fields:
             return
-        reads = reads_of(f.default_expr for f in fields)
         errors, variables = [], None
         for field in fields:
             if variables is None:
-                variables = context(reads, {"record": values, "now": ctx.now,
-                                            "today": self._today(ctx) if "today" in reads else None,
-                                            "user": self.cel_user(ctx) if "user" in reads else None})
+                variables = self._context(ctx, reads, values, None)
             try:
                 values[field.name] = to_field_value(field, field.default_expr.evaluate(variables),
                                                     self.manifest.timezone)
@@ -127,11 +125,14 @@ class RecordRules:
         if errors:
             raise Problem(422, "Validation failed", errors=errors)
 
-    def _defaulted(self, entity: Entity) -> list:
-        fields = self._default_fields.get(entity.name)
-        if fields is None:
-            fields = self._default_fields[entity.name] = [f for f in entity.user_fields if f.default_expr]
-        return fields
+    def _default_plan(self, entity: Entity) -> tuple[list, dict]:
+        """``(fields with a default_expr, what they all read)``: a create that gives some of them
+        converts a value or two more for CEL than it needs, which costs less than working it out."""
+        plan = self._defaults.get(entity.name)
+        if plan is None:
+            fields = [f for f in entity.user_fields if f.default_expr]
+            plan = self._defaults[entity.name] = (fields, reads_of(f.default_expr for f in fields))
+        return plan
 
     def _today(self, ctx: Context) -> str:
         return ctx.now.astimezone(zone(self.manifest.timezone)).date().isoformat()

@@ -4,26 +4,34 @@ Each belongs to the user who made it and runs as that user: its payloads hold on
 let them read, and only events of records they may read. Making one needs the right to read *every*
 record of each entity its events name (scope ``all``, no row rule): a subscription is a standing
 export, and one with a narrower scope would still learn from the record ids and timings it is sent.
+
+Its URL must lead to a public address, when made and at each delivery, so that nobody makes the server
+call into its own network (its database, a cloud's metadata service) and read the answers in the
+delivery log; the operator lifts this with ``LOOM_WEBHOOKS_ALLOW_PRIVATE=1``. A user has at most
+:data:`MAX_PER_USER` subscriptions.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import secrets
 from typing import Any
 
 import sqlalchemy as sa
 
 from ..errors import Problem
-from ..webhooks import check_event, check_url, event_entity
+from ..webhooks import ALLOW_PRIVATE_ENV, check_address, check_event, check_url, event_entity, private_allowed
 from .access import forbidden
+from .auth import _iso
 from .context import Context
 from .outbox import api_subscription_name
+from .pipeline import _error, invalid
 
-__all__ = ["Subscriptions", "SECRET_PREFIX"]
+__all__ = ["Subscriptions", "SECRET_PREFIX", "MAX_PER_USER"]
 
 SECRET_PREFIX = "whsec_"
 FIELDS = ("url", "events")
+#: Subscriptions one user may have through the API.
+MAX_PER_USER = 20
 
 
 class Subscriptions:
@@ -42,6 +50,12 @@ class Subscriptions:
         self._check_access(ctx, events)
         secret = SECRET_PREFIX + secrets.token_urlsafe(32)
         with self.records.writing(ctx) as conn:
+            count = conn.execute(sa.select(sa.func.count()).select_from(self.table)
+                                 .where(self.table.c.run_as == actor)).scalar_one()
+            if count >= MAX_PER_USER:
+                raise invalid([_error("", "limit", f"you have {count} webhook subscriptions, the most one user "
+                                      f"may have ({MAX_PER_USER}); delete one you no longer need, or subscribe "
+                                      "one URL to several events")])
             row = {"url": url, "events": events, "secret": secret, "run_as": actor, "created_at": ctx.now,
                    "active": True}
             row["id"] = conn.execute(self.table.insert().values(**row).returning(self.table.c.id)).scalar_one()
@@ -88,13 +102,16 @@ class Subscriptions:
     def _checked(self, data: Any) -> tuple[str, list[str]]:
         """``url`` and ``events`` of a request body; one 422 names every problem."""
         if not isinstance(data, dict):
-            raise _invalid([_error("", "type", "the body must be a JSON object with url and events")])
+            raise invalid([_error("", "type", "the body must be a JSON object with url and events")])
         errors = [_error(key, "unknown_field", f"unknown field '{key}' (a subscription takes url and events)")
                   for key in data if key not in FIELDS]
         url, events = data.get("url"), data.get("events")
         problem = "is required" if url is None else check_url(url)
         if problem:
             errors.append(_error("url", "required" if url is None else "url", problem))
+        elif not private_allowed() and (problem := check_address(url)):
+            errors.append(_error("url", "address", f"{problem}; subscriptions made through the API send to public "
+                                 f"addresses only (the server's operator may allow others with {ALLOW_PRIVATE_ENV}=1)"))
         if not isinstance(events, list) or not events:
             errors.append(_error("events", "required" if events is None else "type",
                                  "give a list of events, e.g. [\"account.created\", \"opportunity.*\"]"))
@@ -105,7 +122,7 @@ class Subscriptions:
                     message, hint = found
                     errors.append(_error(f"events[{i}]", "unknown_event", f"{message} ({hint})"))
         if errors:
-            raise _invalid(errors)
+            raise invalid(errors)
         return url, list(dict.fromkeys(events))
 
     def _check_access(self, ctx: Context, events: list[str]) -> None:
@@ -138,15 +155,3 @@ def _signed_in(ctx: Context) -> int:
 def _public(row) -> dict[str, Any]:
     return {"id": row["id"], "url": row["url"], "events": list(row["events"]), "active": row["active"],
             "created_at": _iso(row["created_at"])}
-
-
-def _iso(value: dt.datetime) -> str:
-    return value.isoformat().replace("+00:00", "Z")
-
-
-def _error(field: str, code: str, message: str) -> dict[str, str]:
-    return {"field": field, "code": code, "message": message}
-
-
-def _invalid(errors: list[dict[str, str]]) -> Problem:
-    return Problem(422, "Validation failed", errors=errors)

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from loomcrm.engine.hookspecs import hookimpl
 from loomcrm.engine.identity import Users
 from loomcrm.engine.runtime.context import Context, utcnow
 from loomcrm.engine.runtime.delivery import deliver_due
-from loomcrm.engine.testing import api_token, config_errors, make_loom
+from loomcrm.engine.testing import api_token, compile_files, config_errors, make_loom
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -78,11 +79,13 @@ def hook(url: str, events: str = "[deal.*]", **settings) -> str:
 
 class Receiver:
     """An HTTP endpoint that answers 500 to its first ``failures`` requests and then 200; request
-    number ``stall`` (counting from 0) is answered only after ``stall_seconds``."""
+    number ``stall`` (counting from 0) is answered only after ``stall_seconds``; ``on_request(number)``
+    runs before each answer."""
 
     def __init__(self, *, failures: int = 0, stall: int | None = None, stall_seconds: float = 0.0,
                  delay: float = 0.0):
         self.failures, self.stall, self.stall_seconds, self.delay = failures, stall, stall_seconds, delay
+        self.on_request = lambda number: None
         self.requests: list[dict] = []
         self.lock = threading.Lock()
         receiver = self
@@ -95,6 +98,7 @@ class Receiver:
                     status = 500 if number < receiver.failures else 200
                     receiver.requests.append({"headers": self.headers, "body": body, "status": status,
                                               "key": self.headers["X-Loom-Delivery"]})
+                receiver.on_request(number)
                 time.sleep(receiver.stall_seconds if number == receiver.stall else receiver.delay)
                 try:
                     self.send_response(status)
@@ -182,6 +186,15 @@ def create(loom, entity: str, data: dict, actor: int | None = None) -> dict:
     return loom.records.create(loom.entity(entity), data, Context(actor=actor))
 
 
+def subscribe(loom, url: str, events: list[str], username: str = "ann") -> int:
+    """An API subscription of ``username`` (a rep); returns its id."""
+    with TestClient(loom.asgi()) as client:
+        answer = client.post("/api/webhooks", json={"url": url, "events": events},
+                             headers={"Authorization": f"Bearer {api_token(loom, username, ['rep'])}"})
+    assert answer.status_code == 201, answer.text
+    return answer.json()["id"]
+
+
 # --- delivery ---------------------------------------------------------------------------------------
 def test_failing_receiver_gets_every_event_after_retries_with_one_key_per_event(build, receiver, monkeypatch):
     monkeypatch.setenv("CRM_HOOK_SECRET", "s3cret")
@@ -265,6 +278,103 @@ def test_two_workers_at_once_deliver_each_event_once(build, receiver):
     keys = [request["key"] for request in server.requests]
     assert len(keys) == 30 and len(set(keys)) == 30
     assert all(row["status"] == "delivered" and row["attempts"] == 1 for row in outbox(loom))
+
+
+def test_a_worker_whose_claim_ran_out_mid_send_records_nothing(build, receiver):
+    server = receiver(failures=1)  # the first try fails...
+    loom = build(project(hook(server.url, max_attempts=1)))
+    create(loom, "deal", {"title": "slow receiver"})
+    start = utcnow()
+    takeover = {}
+    # ...but only after the first worker's claim has run out and a second worker delivered the event
+    server.on_request = lambda number: number == 0 and takeover.update(deliver_due(loom, now=start + dt.timedelta(hours=1)))
+    assert deliver_due(loom, now=start) == {"delivered": 0, "retrying": 0, "dead": 0}  # its "given up" is void
+    assert takeover["delivered"] == 1
+    (row,) = outbox(loom)
+    assert row["status"] == "delivered" and row["attempts"] == 1 and row["last_error"] is None
+    assert attempts(loom, row["id"]) == [(1, 200, None)]
+
+
+def test_deleting_a_subscription_while_its_event_is_sent_spares_the_rest_of_the_batch(build, receiver, monkeypatch):
+    monkeypatch.setenv("LOOM_WEBHOOKS_ALLOW_PRIVATE", "1")
+    from loomcrm.engine.runtime.subscriptions import Subscriptions
+
+    server = receiver()
+    loom = build(project(hook(server.url), roles=True))
+    api_server = receiver()
+    subscription = subscribe(loom, api_server.url, ["deal.created"])
+    ann = Users(loom).find("ann")["id"]
+    create(loom, "deal", {"title": "one"})
+    create(loom, "deal", {"title": "two"})
+    # its owner unsubscribes while the first event is being sent (its rows go, the claimed ones too)
+    api_server.on_request = lambda number: number == 0 and Subscriptions(loom.records).delete(Context(actor=ann),
+                                                                                              subscription)
+    lines = []
+    counts = deliver_due(loom, log=lines.append)
+    assert counts == {"delivered": 2, "retrying": 0, "dead": 0}
+    assert len(server.requests) == 2 and len(api_server.requests) == 2  # both claimed before the deletion
+    assert {r["subscription"] for r in outbox(loom)} == {"crm"}
+    assert sum("not recorded" in line for line in lines) == 2
+
+
+def test_a_corrected_url_reaches_events_already_queued(build, db_url, receiver):
+    wrong, right = receiver(failures=100), receiver()
+    loom = build(project(hook(wrong.url, backoff_seconds=1)))
+    create(loom, "deal", {"title": "queued before the fix"})
+    assert deliver_due(loom)["retrying"] == 1
+    fixed = build(project(hook(right.url, backoff_seconds=1)))  # the config corrected, the worker restarted
+    drain(fixed)
+    assert len(wrong.requests) == 1
+    assert [p["record"]["title"] for p in right.payloads()] == ["queued before the fix"]
+
+
+def test_old_delivered_and_given_up_events_are_purged_with_their_log(build, receiver):
+    from loomcrm.engine.runtime.delivery import purge_outbox
+
+    server = receiver()
+    loom = build(project(hook(server.url, max_attempts=1)))
+    start = utcnow()
+    create(loom, "deal", {"title": "delivered"})
+    drain(loom)
+    server.failures = 100
+    create(loom, "deal", {"title": "given up"})
+    deliver_due(loom)
+    delivered, dead = outbox(loom)
+    assert dead["status"] == "dead"
+    create(loom, "deal", {"title": "pending"})
+    assert purge_outbox(loom, now=start + dt.timedelta(days=29)) == 0
+    assert purge_outbox(loom, now=start + dt.timedelta(days=31)) == 1
+    assert [r["status"] for r in outbox(loom)] == ["dead", "pending"]
+    assert attempts(loom, delivered["id"]) == [] and len(attempts(loom, dead["id"])) == 1
+    assert purge_outbox(loom, now=start + dt.timedelta(days=91)) == 1
+    assert [r["status"] for r in outbox(loom)] == ["pending"] and attempts(loom, dead["id"]) == []
+    assert purge_outbox(loom, now=start + dt.timedelta(days=3), delivered_days=1) == 0  # kept: still pending
+
+
+def test_the_worker_purges_old_events_at_most_once_an_hour(build, receiver, monkeypatch):
+    from loomcrm.engine import worker
+
+    server = receiver()
+    loom = build(project(hook(server.url)))
+    create(loom, "deal", {"title": "delivered"})
+    drain(loom)
+    later = utcnow() + dt.timedelta(days=2)
+    monkeypatch.setattr("loomcrm.engine.runtime.delivery.utcnow", lambda: later)
+    assert worker.tick(loom, purge=True)["purged"] == 0  # kept 30 days by default
+    assert worker.tick(loom, purge=True, keep_days=1)["purged"] == 1
+    assert outbox(loom) == []
+    clock, purges = [0.0], []
+
+    def tick(loom, *, stop, purge, **kwargs):  # each round takes 1000 seconds; stop after six
+        purges.append(purge)
+        clock[0] += 1000
+        if len(purges) == 6:
+            stop.set()
+
+    monkeypatch.setattr(worker, "tick", tick)
+    monkeypatch.setattr(worker, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    assert worker.run_worker(loom, interval=0.01, log=lambda line: None) == 0
+    assert purges == [True, False, False, False, False, True]
 
 
 # --- what is queued ---------------------------------------------------------------------------------
@@ -402,8 +512,28 @@ def test_row_rules_of_the_run_as_user_decide_which_events_are_sent(secured):
     assert queued == [("deal.created", "big"), ("deal.updated", "small"), ("deal.deleted", "big")]
 
 
+def test_row_rules_decide_for_events_of_actions_on_stored_and_deleted_records(build, receiver):
+    server = receiver()
+    files = project(f"webhooks:\n  as_bea: {{url: '{server.url}', events: [deal.won, deal.removed], run_as: bea}}\n"
+                    "automations:\n"
+                    "  won:\n    entity: deal\n    on: update\n    actions: [{webhook: deal.won}]\n"
+                    "  removed:\n    entity: deal\n    on: delete\n    actions: [{webhook: deal.removed}]\n",
+                    roles=True)
+    loom = build(files)
+    Users(loom).create("bea", None, roles=["big_deals"])
+    deal = loom.entity("deal")
+    small = create(loom, "deal", {"title": "small", "amount": "50.00"})
+    big = create(loom, "deal", {"title": "big", "amount": "500.00"})
+    for record in (small, big):
+        loom.records.update(deal, record["id"], {"title": f"{record['title']}!"}, Context())
+        loom.records.delete(deal, record["id"], Context())
+    queued = [(r["event"], r["payload"]["record"]["title"]) for r in outbox(loom)]
+    assert queued == [("deal.won", "big!"), ("deal.removed", "big!")]
+
+
 # --- subscriptions through the API ----------------------------------------------------------------------
-def test_api_subscription_lifecycle_with_signed_payloads_shaped_by_the_caller(build, receiver):
+def test_api_subscription_lifecycle_with_signed_payloads_shaped_by_the_caller(build, receiver, monkeypatch):
+    monkeypatch.setenv("LOOM_WEBHOOKS_ALLOW_PRIVATE", "1")  # the receiver listens on 127.0.0.1
     server = receiver(failures=1)
     loom = build(project(roles=True))
     with TestClient(loom.asgi()) as client:
@@ -438,7 +568,8 @@ def test_api_subscription_lifecycle_with_signed_payloads_shaped_by_the_caller(bu
         assert outbox(loom) == []
 
 
-def test_api_refuses_callers_who_cannot_read_everything_and_events_that_do_not_exist(build):
+def test_api_refuses_callers_who_cannot_read_everything_and_events_that_do_not_exist(build, monkeypatch):
+    monkeypatch.setenv("LOOM_WEBHOOKS_ALLOW_PRIVATE", "1")  # no name look-ups
     loom = build(project(roles=True))
     with TestClient(loom.asgi()) as client:
         olga = {"Authorization": f"Bearer {api_token(loom, 'olga', ['own_rep'])}"}
@@ -467,6 +598,83 @@ def test_webhook_routes_are_in_the_openapi_document(build):
         <= set(document["paths"])
     schemas = document["components"]["schemas"]
     assert "secret" in schemas["WebhookCreated"]["properties"] and "WebhookDeliveryPage" in schemas
+
+
+def test_api_subscriptions_may_not_reach_into_the_servers_network(build):
+    loom = build(project(roles=True))
+    with TestClient(loom.asgi()) as client:
+        client.headers["Authorization"] = f"Bearer {api_token(loom, 'ann', ['rep'])}"
+        for url in ("http://127.0.0.1:5432/", "http://10.0.0.7/hook", "http://169.254.169.254/latest/meta-data",
+                    "http://localhost:8000/", "http://[::1]/", "http://[::ffff:127.0.0.1]/"):
+            answer = client.post("/api/webhooks", json={"url": url, "events": ["deal.created"]})
+            assert answer.status_code == 422, url
+            (error,) = answer.json()["errors"]
+            assert error["field"] == "url" and error["message"].startswith("address not allowed")
+            assert "LOOM_WEBHOOKS_ALLOW_PRIVATE=1" in error["message"]
+        for url in ("http://[::1/", "http://example.com:99999/"):  # not URLs at all: 422, not 500
+            answer = client.post("/api/webhooks", json={"url": url, "events": ["deal.created"]})
+            assert answer.status_code == 422 and answer.json()["errors"][0]["field"] == "url"
+        assert client.get("/api/webhooks").json()["data"] == []
+
+
+def test_a_private_address_is_refused_again_at_delivery(build, receiver, monkeypatch):
+    monkeypatch.setenv("LOOM_WEBHOOKS_ALLOW_PRIVATE", "1")
+    server = receiver()
+    loom = build(project(hook(server.url), roles=True))  # the config's own webhooks are not restricted
+    subscription = subscribe(loom, server.url, ["deal.created"])
+    monkeypatch.delenv("LOOM_WEBHOOKS_ALLOW_PRIVATE")  # (or: its name now resolves to a private address)
+    create(loom, "deal", {"title": "inside"})
+    lines = []
+    assert deliver_due(loom, log=lines.append) == {"delivered": 1, "retrying": 1, "dead": 0}
+    assert [r["headers"]["X-Loom-Event"] for r in server.requests] == ["deal.created"]
+    refused = next(r for r in outbox(loom) if r["subscription"] == f"api:{subscription}")
+    assert attempts(loom, refused["id"]) == [(1, None, "address not allowed: 127.0.0.1 is not a public address")]
+    assert "address not allowed" in lines[0]
+
+
+def test_a_user_may_have_at_most_20_api_subscriptions(build, monkeypatch):
+    monkeypatch.setenv("LOOM_WEBHOOKS_ALLOW_PRIVATE", "1")  # no name look-ups for the URLs below
+    loom = build(project(roles=True))
+    with TestClient(loom.asgi()) as client:
+        client.headers["Authorization"] = f"Bearer {api_token(loom, 'ann', ['rep'])}"
+        for i in range(20):
+            assert client.post("/api/webhooks", json={"url": f"https://h{i}.example.com/",
+                                                      "events": ["deal.created"]}).status_code == 201
+        answer = client.post("/api/webhooks", json={"url": "https://one-more.example.com/", "events": ["deal.*"]})
+        assert answer.status_code == 422
+        assert "the most one user may have (20)" in answer.json()["errors"][0]["message"]
+        bob = {"Authorization": f"Bearer {api_token(loom, 'bob', ['rep'])}"}
+        assert client.post("/api/webhooks", json={"url": "https://bob.example.com/", "events": ["deal.*"]},
+                           headers=bob).status_code == 201
+
+
+def test_subscription_ids_beyond_64_bits_are_not_found(build):
+    loom = build(project(roles=True))
+    with TestClient(loom.asgi()) as client:
+        client.headers["Authorization"] = f"Bearer {api_token(loom, 'ann', ['rep'])}"
+        huge = 2**64
+        for answer in (client.delete(f"/api/webhooks/{huge}"), client.get(f"/api/webhooks/{huge}/deliveries")):
+            assert answer.status_code == 404, answer.text
+            assert answer.json()["detail"] == f"no webhook subscription with id {huge}"
+
+
+def test_api_subscriptions_reach_a_database_migrated_while_the_server_runs(build, monkeypatch):
+    from loomcrm.engine.runtime import outbox as outbox_module
+
+    monkeypatch.setattr(outbox_module, "CACHE_SECONDS", 0.0)  # every write looks again
+    loom = build(project(roles=True))
+    tables = [loom.metadata.tables[name] for name in ("loom_webhook_delivery", "loom_outbox", "loom_webhook")]
+    with loom.engine.begin() as conn:  # a database from before webhooks
+        for table in tables:
+            table.drop(conn)
+    create(loom, "deal", {"title": "before migrating"})
+    loom.metadata.create_all(loom.engine, tables=tables)  # 'loom migrate', run from another process
+    ann = Users(loom).create("ann", None, roles=["rep"])["id"]
+    with loom.engine.begin() as conn:  # a subscription made through another server process
+        conn.execute(tables[2].insert().values(url="https://example.com/h", events=["deal.created"], secret="s",
+                                               run_as=ann, created_at=utcnow(), active=True))
+    create(loom, "deal", {"title": "after migrating"})
+    assert [r["payload"]["record"]["title"] for r in outbox(loom)] == ["after migrating"]
 
 
 # --- config errors ------------------------------------------------------------------------------------------
@@ -516,6 +724,56 @@ def test_event_word_close_to_an_action_event_is_taken_for_a_typo():
     assert "did you mean 'deal.won'?" in config_errors(files)
 
 
+def test_urls_that_cannot_be_parsed_are_config_errors():
+    text = config_errors(project("""\
+webhooks:
+  bracket: {url: "http://[::1/", events: [deal.created]}
+  port: {url: "http://a:99999/", events: [deal.created]}
+"""))
+    assert "webhooks.yaml:2:18 E140 webhook 'bracket': 'http://[::1/' is not a URL Loom can send to" in text
+    assert "webhooks.yaml:3:15 E140 webhook 'port': 'http://a:99999/' is not a URL Loom can send to: Port out of " \
+           "range" in text
+
+
+def test_webhook_names_must_be_identifiers():
+    long = "h" * 130
+    text = config_errors(project(f"""\
+webhooks:
+  "api:1": {{url: "https://example.com/h", events: [deal.created]}}
+  has space: {{url: "https://example.com/h", events: [deal.created]}}
+  {long}: {{url: "https://example.com/h", events: [deal.created]}}
+"""))
+    assert "webhooks.yaml:2:3 E121 webhook name 'api:1' must be snake_case" in text  # API subscriptions' names
+    assert "webhooks.yaml:3:3 E121 webhook name 'has space' must be snake_case" in text
+    assert f"webhooks.yaml:4:3 E121 webhook name '{long}' has 130 characters" in text
+
+
+def test_a_webhook_action_emits_events_of_its_own_entity():
+    def automation(action: str) -> dict[str, str]:
+        files = project(hook("https://example.com/h", events="[deal.won]"))
+        files["webhooks.yaml"] += ("automations:\n  celebrate:\n    entity: deal\n    on: update\n"
+                                   f"    actions:\n      - {action}\n")
+        return files
+
+    text = config_errors(automation("webhook: {event: note.won}"))
+    assert "webhooks.yaml:10:26 E137" in text and "emits deal events, not 'note.won'" in text
+    assert "hint: write deal.won" in text
+    text = config_errors(automation("webhook: won"))
+    assert "E137" in text and "event 'won' names no entity" in text and "hint: write deal.won" in text
+    assert "an action emits one" in config_errors(automation("webhook: deal.*"))
+    compile_files(automation("webhook: deal.won"))
+
+
+def test_webhooks_and_the_events_they_hear_may_come_from_any_included_file():
+    files = {"loom.yaml": "app: {name: Hooks}\ninclude: [entities.yaml, hooks/*.yaml]\n", "entities.yaml": ENTITIES,
+             "hooks/erp.yaml": hook("https://example.com/h", events="[deal.won]"),
+             "hooks/automations.yaml": "automations:\n  celebrate:\n    entity: deal\n    on: update\n"
+                                       "    actions:\n      - webhook: deal.won\n"}
+    assert list(compile_files(files).webhooks) == ["crm"]
+    files["hooks/erp.yaml"] = hook("https://example.com/h", events="[deal.wno]")
+    assert "hooks/erp.yaml:4:14 E140 webhook 'crm': event 'deal.wno'" in config_errors(files)
+
+
 # --- loom worker -----------------------------------------------------------------------------------------
 @pytest.fixture
 def worker_project(tmp_path, receiver):
@@ -541,7 +799,9 @@ def test_worker_once_delivers_and_exits(worker_project, capsys):
     finally:
         loom.close()
     capsys.readouterr()
-    assert loom_cli(["-p", str(path), "worker", "--once"]) == 0
+    assert loom_cli(["-p", str(path), "worker", "--once", "--keep-days", "0"]) == 1
+    assert "--keep-days must be a whole number of days from 1 to 36500" in capsys.readouterr().err
+    assert loom_cli(["-p", str(path), "worker", "--once", "--keep-days", "7"]) == 0
     out = capsys.readouterr().out
     assert "webhooks: 1 delivered, 0 retrying, 0 given up" in out and "worker stopped" in out
     assert [p["record"]["title"] for p in server.payloads()] == ["from the app"]
@@ -561,6 +821,16 @@ def test_worker_stops_cleanly_on_sigterm(worker_project):
         process.kill()
     assert process.returncode == 0, err
     assert "SIGTERM: stopping" in out and "worker stopped" in out
+
+
+def test_worker_refuses_a_database_without_the_schedule_marks(build):
+    from loomcrm.engine.worker import WorkerNotReady, run_worker
+
+    loom = build(project())
+    with loom.engine.begin() as conn:
+        loom.metadata.tables["loom_schedule_mark"].drop(conn)
+    with pytest.raises(WorkerNotReady, match="no table loom_schedule_mark; run 'loom migrate'"):
+        run_worker(loom, once=True, log=lambda line: None)
 
 
 def test_sales_example_worker_runs_once(tmp_path, capsys):

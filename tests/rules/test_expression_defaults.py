@@ -8,6 +8,7 @@ import datetime as dt
 import pytest
 
 from loomcrm.engine.errors import Problem
+from loomcrm.engine.expressions import reads_of
 from loomcrm.engine.runtime.context import Context
 from loomcrm.engine.testing import config_errors, make_loom, project_files
 
@@ -99,3 +100,36 @@ def test_default_expression_mistakes_are_config_errors_with_their_place():
     assert "E135 default of 'deal.previous': a default is set when a record is created, so there is no 'old'" \
            in text
     assert "E129 field 'deal.fee' has both 'default_expr:' and 'default:'" in text
+
+
+def test_a_default_reads_the_initial_state_of_a_workflow(db_url):
+    loom = make_loom(project_files("""
+        entities:
+          deal:
+            fields:
+              stage: {type: enum, options: [new, won]}
+              label: {type: string, default_expr: "'a ' + record.stage + ' deal'"}
+        workflows:
+          pipeline:
+            entity: deal
+            field: stage
+            transitions:
+              win: {from: new, to: won}
+    """), db_url)
+    try:
+        assert loom.records.create(loom.entity("deal"), {}, Context())["label"] == "a new deal"
+    finally:
+        loom.close()
+
+
+def test_what_the_defaults_read_is_worked_out_once_per_entity(deals, monkeypatch):
+    from loomcrm.engine.runtime import rules
+
+    calls = []
+    monkeypatch.setattr(rules, "reads_of", lambda expressions: calls.append(1) or reads_of(expressions))
+    entity, ctx = deals.entity("deal"), Context(now=EVENING)
+    deals.records.create(entity, {"title": "First", "amount": "1"}, ctx)
+    first = len(calls)
+    for title in ("Second", "Third"):
+        deals.records.create(entity, {"title": title, "amount": "1", "label": "given"}, ctx)
+    assert len(calls) == first

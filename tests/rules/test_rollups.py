@@ -8,8 +8,14 @@ import threading
 import time
 
 import pytest
+import sqlalchemy as sa
 
+from loomcrm.engine.commands import MigrationRefused
+from loomcrm.engine.errors import Problem
+from loomcrm.engine.fieldtypes import FieldType
+from loomcrm.engine.hookspecs import hookimpl
 from loomcrm.engine.runtime.context import Context
+from loomcrm.engine.runtime.query import ListQuery
 from loomcrm.engine.testing import compile_files, config_errors, make_loom, project_files
 from loomcrm.generators.migrations import plan_migration
 
@@ -41,6 +47,18 @@ entities:
 """
 
 ROLLUPS = ("opportunity_count", "won_amount", "last_close")
+
+TIGHT = """
+entities:
+  account:
+    fields:
+      name: {type: string}
+      total: {type: decimal, precision: 6, scale: 2, rollup: {of: deal.account, op: sum, field: amount}}
+  deal:
+    fields:
+      account: {type: ref, to: account}
+      amount: {type: decimal, precision: 5, scale: 2}
+"""
 
 
 @pytest.fixture
@@ -239,3 +257,138 @@ def test_rollups_that_read_each_other_in_a_circle_are_refused():
               total: {type: integer, rollup: {of: node.parent, op: sum, field: total}}
     """))
     assert "E145 rollups read each other in a circle: node.total -> node.total" in text
+
+
+def test_a_sum_needs_more_digits_than_the_values_it_adds_up():
+    text = config_errors(project_files("""
+        entities:
+          account:
+            fields:
+              total: {type: decimal, precision: 5, scale: 2, rollup: {of: deal.account, op: sum, field: amount}}
+              biggest: {type: decimal, precision: 4, scale: 2, rollup: {of: deal.account, op: max, field: amount}}
+              roomy: {type: decimal, precision: 6, scale: 2, rollup: {of: deal.account, op: sum, field: amount}}
+              largest: {type: decimal, precision: 5, scale: 2, rollup: {of: deal.account, op: max, field: amount}}
+          deal:
+            fields:
+              account: {type: ref, to: account}
+              amount: {type: decimal, precision: 5, scale: 2}
+    """))
+    assert ("entities.yaml:5:41 E145 rollup 'account.total': total has 3 digits before the decimal point and "
+            "deal.amount 3, so the sum of two records may not fit\n    hint: give total precision 18") in text
+    assert ("E145 rollup 'account.biggest': biggest has 2 digits before the decimal point and deal.amount 3, so "
+            "a value may not fit\n    hint: give biggest precision 5") in text
+    assert "roomy" not in text and "largest" not in text  # a digit more holds the sum of ten records
+
+
+def test_a_sum_that_outgrows_its_field_is_a_422_and_changes_nothing(loom_factory, db_url):
+    if db_url.startswith("sqlite"):
+        pytest.skip("SQLite stores any number in a decimal column; PostgreSQL refuses one past its precision")
+    loom = loom_factory(TIGHT)
+    account = create(loom, "account", name="Acme")
+    for _ in range(10):
+        create(loom, "deal", account=account["id"], amount="999.99")
+    with pytest.raises(Problem) as info:  # 10 999.89 needs 5 digits before the point
+        create(loom, "deal", account=account["id"], amount="999.99")
+    assert info.value.status == 422
+    assert info.value.errors == [{"field": "", "code": "rollup_overflow", "message": (
+        "account.total cannot hold the sum of its deal records: it has 4 digits before the decimal point "
+        "(precision 6, scale 2); give it a larger precision")}]
+    assert loom.records.get(loom.entity("account"), account["id"], Context())["total"] == "9999.90"
+    assert loom.records.list(loom.entity("deal"), ListQuery(count=True), Context())["count"] == 10
+
+
+def test_any_value_the_database_refuses_is_a_422(loom_factory, db_url):
+    if db_url.startswith("sqlite"):
+        pytest.skip("SQLite stores any number in an integer column")
+
+    class Percent(FieldType):  # a plugin's type that leaves the range to the column
+        name = "percent"
+
+        def column_type(self, field):
+            return sa.SmallInteger()
+
+        def parse(self, field, value):
+            return int(value)
+
+    class Plugin:
+        @hookimpl
+        def loom_field_types(self):
+            return [Percent()]
+
+    loom = loom_factory("""
+        entities:
+          deal:
+            fields:
+              share: {type: percent}
+    """, plugins=[Plugin()])
+    with pytest.raises(Problem) as info:
+        create(loom, "deal", share=100000)
+    assert info.value.status == 422
+    [error] = info.value.errors
+    assert error["code"] == "out_of_range" and error["message"].startswith("the database cannot store this deal: ")
+
+
+def test_migrate_refuses_a_rollup_that_the_stored_records_outgrow(db_url):
+    if db_url.startswith("sqlite"):
+        pytest.skip("SQLite stores any number in a decimal column; PostgreSQL refuses one past its precision")
+    old = make_loom(project_files(TIGHT.replace("total:", "# total:")), db_url)
+    try:
+        account = create(old, "account", name="Acme")
+        for _ in range(11):
+            create(old, "deal", account=account["id"], amount="999.99")
+    finally:
+        old.close()
+    with pytest.raises(MigrationRefused) as info:
+        make_loom(project_files(TIGHT), db_url)
+    assert "account.total cannot hold the sum of its deal records" in str(info.value)
+    engine = sa.create_engine(db_url)
+    try:
+        assert "total" not in {c["name"] for c in sa.inspect(engine).get_columns("account")}  # rolled back
+    finally:
+        engine.dispose()
+
+
+def test_trusted_writes_cannot_set_a_rollup_or_a_computed_field(loom_factory):
+    loom = loom_factory(TIGHT.replace("name: {type: string}", 'name: {type: string}\n      code: {type: string, '
+                                      'compute: "record.name"}'))
+    with pytest.raises(Problem) as info:  # seed data and actions are trusted, yet Loom sets these
+        loom.records.create(loom.entity("account"), {"name": "Acme", "total": "5", "code": "A"},
+                            Context(channel="seed"), trusted=True)
+    assert info.value.errors == [
+        {"field": "total", "code": "read_only", "message": "is computed from other records; it cannot be set"},
+        {"field": "code", "code": "read_only", "message": "is computed; it cannot be set"}]
+
+
+def test_plan_says_when_the_rollups_are_recomputed():
+    before = compile_files(project_files(CRM)).to_json()
+    changed = compile_files(project_files(CRM.replace("'won'", "'lost'")))
+    relabelled = compile_files(project_files(CRM.replace("name: {type: string, required: true}",
+                                                         "name: {type: string, required: true, label: Name}")))
+    assert plan_migration(None, changed).refresh_rollups  # a new database: new entities with rollups
+    assert plan_migration(before, changed).refresh_rollups
+    assert not plan_migration(before, relabelled).refresh_rollups
+
+
+def test_a_delete_hands_over_the_parents_its_cascade_changes(crm):
+    spring = create(crm, "campaign", name="Spring")
+    acme = create(crm, "account", name="Acme")
+    create(crm, "opportunity", name="A", account=acme["id"], campaign=spring["id"])
+    with crm.engine.connect() as conn:
+        doomed = crm.records.rollups.before_delete(conn, crm.entity("account"), acme["id"])
+    assert {(r.entity, r.name): ids for r, ids in doomed.items()} == {("campaign", "opportunity_count"): {spring["id"]}}
+
+
+def test_a_circle_of_rollups_is_one_error():
+    text = config_errors(project_files("""
+        entities:
+          team:
+            fields:
+              lead: {type: ref, to: person}
+              size: {type: integer, rollup: {of: person.team, op: sum, field: reports}}
+          person:
+            fields:
+              team: {type: ref, to: team}
+              reports: {type: integer, rollup: {of: team.lead, op: sum, field: size}}
+    """))
+    assert text.count("circle") == 1
+    assert "E145 rollups read each other in a circle: team.size -> person.reports -> team.size" in text
