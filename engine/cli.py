@@ -36,6 +36,12 @@ def _parser(plugin_commands: list | None = None) -> argparse.ArgumentParser:
     p.add_argument("--database", help="database URL (default: config, or $LOOM_DATABASE_URL)")
     p = command("migrate", "bring the database schema to the config, in one transaction")
     p.add_argument("--database", help="database URL (default: config, or $LOOM_DATABASE_URL)")
+    p.add_argument("--no-backup", action="store_true", help="SQLite: skip the copy of the database file made "
+                   "before a schema change")
+    p = command("check", "exit 1 when the database schema does not match the config (for CI and deploys)")
+    p.add_argument("--database", help="database URL (default: config, or $LOOM_DATABASE_URL)")
+    p = command("history", "list the migrations applied to the database, newest first")
+    p.add_argument("--database", help="database URL (default: config, or $LOOM_DATABASE_URL)")
     p = command("seed", "load the project's demo data (seed.py), unless records exist already")
     p.add_argument("--database", help="database URL")
     p.add_argument("--force", action="store_true", help="seed even if the database has records")
@@ -195,9 +201,37 @@ def _plan(args) -> int:
 def _migrate(args) -> int:
     from .commands import migrate
 
-    the_plan = migrate(args.project, database_url=args.database)
+    the_plan = migrate(args.project, database_url=args.database, backup=not args.no_backup)
     print(the_plan.render())
+    if getattr(the_plan, "backup", None):
+        print(f"backup of the database before the change: {the_plan.backup}")
     print("applied." if the_plan.steps or the_plan.notes else "nothing to do.")
+    return 0
+
+
+def _check(args) -> int:
+    from .commands import plan
+
+    planned = plan(args.project, database_url=args.database)
+    if planned.plan.empty and not planned.plan.refresh_rollups:
+        print("ok: the database matches the config.")
+        return 0
+    print("The database does not match the config; 'loom migrate' would:", file=sys.stderr)
+    print(planned.plan.render(), file=sys.stderr)
+    return 1
+
+
+def _history(args) -> int:
+    from .commands import history
+
+    applied = history(args.project, database_url=args.database)
+    if not applied:
+        print("No migration has been applied to this database yet (run 'loom migrate').")
+        return 0
+    for m in applied:
+        when = m.applied_at.strftime("%Y-%m-%d %H:%M:%SZ") if m.applied_at else "?"
+        print(f"#{m.id}  {when}  by {m.applied_by or 'unknown'}  config {m.manifest_hash[:12]}  loom {m.loom_version}")
+        print(f"     {m.summary}")
     return 0
 
 
@@ -497,7 +531,7 @@ def _openapi(args) -> int:
     return 0
 
 
-COMMANDS = {"validate": _validate, "plan": _plan, "migrate": _migrate, "seed": _seed, "serve": _serve, "worker": _worker,
+COMMANDS = {"validate": _validate, "plan": _plan, "migrate": _migrate, "check": _check, "history": _history, "seed": _seed, "serve": _serve, "worker": _worker,
             "user": _user, "team": _team, "access": _access, "reassign": _reassign, "plugins": _plugins, "explain-config": _explain_config, "purge-audit": _purge_audit, "schema": _schema, "openapi": _openapi}
 
 if __name__ == "__main__":

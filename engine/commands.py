@@ -89,14 +89,22 @@ def _missing_sqlite_file(url: str) -> bool:
         and not Path(parsed.database).exists()
 
 
-def migrate(project: str | os.PathLike, *, database_url: str | None = None, applied_by: str | None = None) -> Plan:
-    """Bring the database to the config, in one transaction; concurrent calls are serialized."""
+def migrate(project: str | os.PathLike, *, database_url: str | None = None, applied_by: str | None = None,
+            backup: bool = False) -> Plan:
+    """Bring the database to the config, in one transaction; concurrent calls are serialized. With
+    ``backup``, a SQLite file whose schema changes is copied first."""
     manifest, _ = compile_project(project)
-    return migrate_manifest(manifest, database_url=database_url, applied_by=applied_by)
+    return migrate_manifest(manifest, database_url=database_url, applied_by=applied_by, backup=backup)
 
 
-def migrate_manifest(manifest: Manifest, *, database_url: str | None = None, applied_by: str | None = None) -> Plan:
-    engine = create_db_engine(database_url or manifest.database_url)
+def migrate_manifest(manifest: Manifest, *, database_url: str | None = None, applied_by: str | None = None,
+                     backup: bool = False) -> Plan:
+    """Apply the plan from the stored manifest to ``manifest``. With ``backup``, a SQLite file that
+    already holds a migrated schema is copied first (see :func:`backup_sqlite`); the plan's
+    ``backup`` names the copy."""
+    url = database_url or manifest.database_url
+    copy = backup_sqlite(url) if backup and _needs_backup(url, manifest) else None
+    engine = create_db_engine(url)
     sqlite = engine.dialect.name == "sqlite"
     try:
         with engine.connect().execution_options(loom_write=True) as conn:
@@ -123,7 +131,68 @@ def migrate_manifest(manifest: Manifest, *, database_url: str | None = None, app
             finally:
                 if sqlite:
                     conn.connection.driver_connection.execute("PRAGMA foreign_keys=ON")
+        the_plan.backup = copy
         return the_plan
+    finally:
+        engine.dispose()
+
+
+def _needs_backup(url: str, manifest: Manifest) -> bool:
+    """A SQLite file with a schema that this manifest would change (nothing to keep otherwise)."""
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() != "sqlite" or _missing_sqlite_file(url) or parsed.database in (None, "", ":memory:"):
+        return False
+    engine = create_db_engine(url)
+    try:
+        with engine.connect() as conn:
+            old, has_table = applied_manifest(conn)
+        return old is not None and not plan_migration(old, manifest, has_migrations_table=has_table).empty
+    finally:
+        engine.dispose()
+
+
+def backup_sqlite(url: str, now=None) -> Path:
+    """Copy the SQLite database at ``url`` beside it as ``<name>.<UTC time>.bak`` with SQLite's online
+    backup (consistent even while the server writes); returns the copy's path."""
+    import sqlite3
+
+    source = Path(sa.engine.make_url(url).database)
+    stamp = (now or utcnow()).strftime("%Y%m%dT%H%M%SZ")
+    target, n = source.with_name(f"{source.name}.{stamp}.bak"), 2
+    while target.exists():  # two migrations within a second keep both copies
+        target, n = source.with_name(f"{source.name}.{stamp}-{n}.bak"), n + 1
+    with sqlite3.connect(source) as src, sqlite3.connect(target) as dst:
+        src.backup(dst)
+    return target
+
+
+@dataclass(frozen=True)
+class AppliedMigration:
+    """One row of ``loom_migrations``: when, by whom, which config, what changed."""
+
+    id: int
+    applied_at: Any
+    applied_by: str | None
+    manifest_hash: str
+    summary: str
+    loom_version: str
+
+
+def history(project: str | os.PathLike, *, database_url: str | None = None) -> list[AppliedMigration]:
+    """The migrations applied to the project's database, newest first (empty for a new database)."""
+    manifest, _ = compile_project(project)
+    url = database_url or manifest.database_url
+    if _missing_sqlite_file(url):
+        return []
+    engine = create_db_engine(url)
+    try:
+        with engine.connect() as conn:
+            if not sa.inspect(conn).has_table(MIGRATIONS_TABLE):
+                return []
+            table = migrations_table(sa.MetaData())
+            rows = conn.execute(sa.select(table.c.id, table.c.applied_at, table.c.applied_by, table.c.manifest_hash,
+                                          table.c.summary, table.c.loom_version).order_by(table.c.id.desc())).all()
+        return [AppliedMigration(*row) for row in rows]
     finally:
         engine.dispose()
 
