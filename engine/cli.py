@@ -203,7 +203,7 @@ def _migrate(args) -> int:
 
     the_plan = migrate(args.project, database_url=args.database, backup=not args.no_backup)
     print(the_plan.render())
-    if getattr(the_plan, "backup", None):
+    if the_plan.backup:
         print(f"backup of the database before the change: {the_plan.backup}")
     print("applied." if the_plan.steps or the_plan.notes else "nothing to do.")
     return 0

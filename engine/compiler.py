@@ -29,6 +29,7 @@ from .loader import LoadedConfig
 from .manifest import SYSTEM_FIELDS, Entity, Field, Index, Manifest, Relation, Rule, localized
 from .names import (
     IDENTIFIER,
+    MAX_IDENTIFIER,
     MAX_TABLE_NAME,
     RESERVED_ENTITY_NAMES,
     RESERVED_FIELD_NAMES,
@@ -288,6 +289,7 @@ def _compile_entity(loaded, name, spec: EntitySpec, types, app, errors) -> Entit
         fields[fname] = compiled
     for system in SYSTEM_FIELDS[1:]:
         fields[system] = _system_field(system, types, locales)
+    _check_renames(loaded, name, spec, fields, errors)
 
     title = spec.title or next(
         (c for c in ("name", "title", "subject") if c in spec.fields),
@@ -312,6 +314,33 @@ def _compile_entity(loaded, name, spec: EntitySpec, types, app, errors) -> Entit
         indexes=_indexes(loaded, name, spec, fields, errors),
         source=str(loaded.where(name, key=True)),
     )
+
+
+def _check_renames(loaded, name, spec: EntitySpec, fields: dict[str, Field], errors) -> None:
+    """``renamed_from:`` names an identifier that is no current field (else the old and the new column
+    would be one) and that no other field of the entity was renamed from (E146)."""
+    renamed: dict[str, str] = {}
+    for fname, fspec in spec.fields.items():
+        old = fspec.renamed_from
+        if old is None:
+            continue
+        path = ("fields", fname, "renamed_from")
+        if old == fname:
+            problem = (f"field '{name}.{fname}' is renamed from itself",
+                       "remove 'renamed_from:', or write the field's previous name")
+        elif not IDENTIFIER.match(old) or len(old) > MAX_IDENTIFIER:
+            problem = (f"renamed_from '{old}' of field '{name}.{fname}' is not a field name",
+                       "write the previous name exactly as it was: snake_case ASCII")
+        elif old in fields or old in spec.fields:
+            problem = (f"field '{name}.{fname}' is renamed from '{old}', which is still a field of '{name}'",
+                       f"remove field '{old}' (its column becomes '{fname}'), or remove 'renamed_from:' to keep both")
+        elif old in renamed:
+            problem = (f"fields '{name}.{renamed[old]}' and '{name}.{fname}' are both renamed from '{old}'",
+                       "one column can get one new name: remove one 'renamed_from:'")
+        else:
+            renamed[old] = fname
+            continue
+        errors.append(_err(loaded, name, path, "E146", *problem, key=False))
 
 
 def _indexes(loaded, name, spec: EntitySpec, fields: dict[str, Field], errors) -> tuple[Index, ...]:
@@ -408,7 +437,7 @@ def _compile_field(loaded, entity, name, spec: FieldSpec, types, app, errors) ->
         required=spec.required, unique=spec.unique, indexed=spec.indexed,
         read_only=spec.read_only or spec.compute is not None or spec.rollup is not None,
         min=_bound(field_type, spec.min), max=_bound(field_type, spec.max), pattern=spec.pattern,
-        params=params, source=str(loaded.where(entity, *path, key=True)),
+        params=params, source=str(loaded.where(entity, *path, key=True)), renamed_from=spec.renamed_from,
     )
     field = replace(field, column=field_type.column_name(field))
     join_table = f"{entity}__{name}"

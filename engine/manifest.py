@@ -60,6 +60,8 @@ class Field:
     :ivar default: a literal (already parsed), or one of ``now``, ``today``, ``current_user``.
     :ivar system: True for the columns Loom manages (id, created_at, ...), never writable.
     :ivar source: ``file:line:col`` where the field was written.
+    :ivar renamed_from: the field's previous name (``renamed_from:``): the migration renames its column;
+        stored with the manifest so the audit trail can show older entries under the new name.
     """
 
     name: str
@@ -80,6 +82,7 @@ class Field:
     params: dict[str, Any] = field(default_factory=dict)
     system: bool = False
     source: str = ""
+    renamed_from: str | None = None
     compute: Any = field(default=None, compare=False, repr=False)  # expressions.Expression: recomputed on save
     default_expr: Any = field(default=None, compare=False, repr=False)  # expressions.Expression: value on create
     rollup: Any = field(default=None, compare=False, repr=False)  # rollups.Rollup: summary of child records
@@ -105,6 +108,8 @@ class Field:
             data["help"] = self.help
         if self.rollup is not None:  # a changed definition makes `loom migrate` recompute the values
             data["rollup"] = self.rollup.to_json()
+        if self.renamed_from is not None:  # only when set: manifests stored before renames keep their hash
+            data["renamed_from"] = self.renamed_from
         return data
 
 
@@ -182,6 +187,11 @@ class Entity:
     def converters(self) -> list[tuple[str, Any]]:
         """The ``(name, dump)`` pairs of :attr:`dumpers` that do something."""
         return [(name, dump) for name, dump in self.dumpers.items() if dump is not None]
+
+    @cached_property
+    def former_names(self) -> dict[str, str]:
+        """``{previous name: field}`` of the fields renamed with ``renamed_from:`` (for the audit trail)."""
+        return {f.renamed_from: f.name for f in self.fields.values() if f.renamed_from is not None}
 
     @cached_property
     def has_links(self) -> bool:

@@ -1,14 +1,17 @@
 """Migration plans as data: diff the last applied manifest against a new one into alembic operations.
 
-This first slice supports creating the schema from nothing and *additive* changes: a new entity,
-a new optional field, a new index or unique constraint, a new many-to-many field, label, help and
-option additions (no DDL). Anything else is listed in ``Plan.refused`` with the reason.
+This first slice supports creating the schema from nothing, *additive* changes (a new entity, a new
+optional field, a new index or unique constraint, a new many-to-many field, label, help and option
+additions, which need no DDL) and field renames (``renamed_from:``: the column, and the indexes and
+constraints named after it, get the new name; the data stays). Anything else is listed in
+``Plan.refused`` with the reason.
 """
 
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field
+import itertools
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -30,7 +33,9 @@ SCHEMA_PARAMS = ("max_length", "precision", "scale", "to", "on_delete")
 class Step:
     """One schema change: an alembic operation plus the words ``loom plan`` shows for it.
 
-    ``batch`` names the table when SQLite needs alembic's batch mode (copy-and-move) to apply it.
+    ``batch`` names the table when SQLite needs alembic's batch mode (copy-and-move) to apply it;
+    consecutive steps on one table share one copy. ``operation`` may be an ``ops.ModifyTableOps``:
+    operations applied together (dropping an index by its old name, creating it by its new one).
     """
 
     description: str
@@ -46,6 +51,7 @@ class Plan:
     :ivar refused: why changes this version cannot apply were left out; ``migrate`` applies nothing then.
     :ivar notes: changes with no DDL (labels, new options, rollups to recompute...).
     :ivar initial: the schema is created from nothing.
+    :ivar backup: set by ``migrate``: the copy it made of a SQLite database file before changing it.
     :ivar refresh_rollups: a rollup is new (with its field or entity) or defined differently, so the
         stored values are not what it gives: ``migrate`` recomputes every rollup.
     """
@@ -55,6 +61,7 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     initial: bool = False
     refresh_rollups: bool = False
+    backup: Any = None  # pathlib.Path of the copy ``migrate`` made of a SQLite file first, if any
 
     @property
     def empty(self) -> bool:
@@ -105,8 +112,8 @@ def plan_migration(old: dict[str, Any] | None, new: Manifest, *, has_migrations_
             _create_table(plan, table, f"entity '{entity.name}'")
             plan.refresh_rollups |= any(f.rollup is not None for f in entity.fields.values())
             continue
-        _diff_fields(plan, entity.name, before, entity, table)
-        _diff_indexes(plan, before, entity, table)
+        renamed = _diff_fields(plan, entity.name, before, entity, table, new)
+        _diff_indexes(plan, before, entity, table, renamed)
     for name in old_entities:
         if name not in new.entities:
             plan.refused.append(
@@ -131,11 +138,24 @@ def _create_table(plan: Plan, table: sa.Table, what: str) -> None:
         plan.steps.append(Step(f"create index {index.name} on {table.name}", ops.CreateIndexOp.from_index(index)))
 
 
-def _diff_fields(plan: Plan, name: str, before: dict, entity, table: sa.Table) -> None:
+def _diff_fields(plan: Plan, name: str, before: dict, entity, table: sa.Table, manifest: Manifest) -> dict[str, str]:
+    """Field by field: new columns, renames, and the changes this version refuses.
+
+    Returns the renamed columns, ``{old: new}``, so indexes are compared under their new names.
+    """
     old_fields = before.get("fields", {})
+    renames = _renames(plan, name, old_fields, entity)
+    renamed: list[tuple[dict, Any]] = []
+    columns = {}
     for fname, field_ in entity.fields.items():
-        old = old_fields.get(fname)
+        old = old_fields.get(renames.get(fname, fname))
         where = f"{name}.{fname}"
+        if fname in renames:
+            if old["column"]:  # refused or not: its indexes are not "removed"
+                columns[old["column"]] = field_.column
+            if not _renamable(plan, name, old, field_):
+                continue
+            renamed.append((old, field_))
         if old is None:
             if field_.type == "refs":
                 continue  # its join table is planned with the other tables
@@ -152,7 +172,8 @@ def _diff_fields(plan: Plan, name: str, before: dict, entity, table: sa.Table) -
                 if field_.rollup is not None:
                     _diff_rollup(plan, where, None, field_.rollup.to_json())
             continue
-        changed = [a for a in SCHEMA_ATTRS if old.get(a) != getattr(field_, a)]
+        changed = [a for a in SCHEMA_ATTRS if old.get(a) != getattr(field_, a)
+                   and not (a == "column" and fname in renames)]
         changed += [p for p in SCHEMA_PARAMS if old.get("params", {}).get(p) != field_.params.get(p)]
         if changed:
             plan.refused.append(
@@ -170,11 +191,109 @@ def _diff_fields(plan: Plan, name: str, before: dict, entity, table: sa.Table) -
             plan.notes.append(f"new options for {where}: {', '.join(added)}")
         _diff_rollup(plan, where, old.get("rollup"), field_.rollup.to_json() if field_.rollup else None)
     for fname in old_fields:
-        if fname not in entity.fields:
+        if fname not in entity.fields and fname not in renames.values():
             plan.refused.append(
                 f"field {name}.{fname} was removed; dropping a column (and its data) is not supported yet: "
                 "put the field back in the config"
             )
+    if renamed:
+        _rename_columns(plan, manifest, before, entity, table, renamed)
+    return columns
+
+
+def _renames(plan: Plan, name: str, old_fields: dict, entity) -> dict[str, str]:
+    """``{new name: old name}`` of the fields to rename: ``renamed_from:`` names a field the database
+    has and the new name is not there yet. Any other ``renamed_from:`` changes nothing: it was applied
+    before (the note says so only when the stored manifest does not record it), or names no field."""
+    renames = {}
+    for fname, field_ in entity.fields.items():
+        previous = field_.renamed_from
+        if previous is None:
+            continue
+        if fname in old_fields:
+            if old_fields[fname].get("renamed_from") != previous:
+                plan.notes.append(f"{name}.{fname} exists already: renamed_from '{previous}' renames nothing")
+        elif previous in old_fields:
+            renames[fname] = previous
+        else:
+            plan.notes.append(f"{name}.{fname} is renamed from '{previous}', which the database does not have: "
+                              f"{fname} is added as a new field")
+    return renames
+
+
+def _renamable(plan: Plan, name: str, old: dict, new) -> bool:
+    """A rename changes the name and nothing the table holds; anything more is refused (for now)."""
+    where = f"{name}.{old['name']} -> {name}.{new.name}"
+    if new.type == "refs" or old.get("type") == "refs":
+        plan.refused.append(f"rename {where}: renaming a many-to-many field (its join table) is not supported yet; "
+                            "remove 'renamed_from:' and keep the old name for now")
+        return False
+    changed = [a for a in ("type", "required", "unique", "indexed") if old.get(a) != getattr(new, a)]
+    changed += [p for p in SCHEMA_PARAMS if old.get("params", {}).get(p) != new.params.get(p)]
+    if changed:
+        plan.refused.append(f"rename {where} also changes {', '.join(changed)}: rename first (migrate with the "
+                            "old settings under the new name), then change it in a second migration")
+        return False
+    return True
+
+
+def _rename_columns(plan: Plan, manifest: Manifest, before: dict, entity, table: sa.Table,
+                    renamed: list[tuple[dict, Any]]) -> None:
+    """Rename the columns, then every index and constraint the naming convention named after them.
+
+    The columns are renamed in place (``ALTER TABLE ... RENAME``, natively on SQLite too: no copy,
+    and SQLite rewrites the indexes and constraints that use them). The names that followed the old
+    column are found on a copy of the table with the old column names, so they are exactly what the
+    naming convention gave when they were created; constraints (SQLite keeps them in the table's
+    definition) are renamed in one batch, indexes by dropping and creating them.
+    """
+    columns = {old["column"]: new.column for old, new in renamed}
+    for old, new in renamed:
+        column = table.c[new.column]
+        plan.steps.append(Step(
+            f"rename column {table.name}.{old['column']} -> {table.name}.{new.column} (data kept)",
+            ops.AlterColumnOp(table.name, old["column"], modify_name=new.column, existing_type=column.type,
+                              existing_nullable=column.nullable)))
+    old_columns = {new.name: old["column"] for old, new in renamed}
+    reverted = {n: replace(f, column=old_columns[n]) if n in old_columns else f for n, f in entity.fields.items()}
+    as_before = replace(manifest, entities={**manifest.entities, entity.name: replace(entity, fields=reverted)})
+    old_table = build_metadata(as_before).tables[table.name]
+    existing = _index_signatures(before)
+
+    def counterpart(items, item):
+        cols = tuple(columns.get(c, c) for c in item.columns.keys())
+        return next(i for i in items if type(i) is type(item) and tuple(i.columns.keys()) == cols
+                    and getattr(i, "unique", None) == getattr(item, "unique", None))
+
+    constraints, indexes = [], []
+    for item in sorted(old_table.constraints, key=lambda c: str(c.name)):
+        cols = tuple(item.columns.keys())
+        if not set(cols) & set(columns) or isinstance(item, sa.PrimaryKeyConstraint):
+            continue
+        if isinstance(item, sa.UniqueConstraint) and ("uq", cols) not in existing:
+            continue
+        new_item = counterpart(table.constraints, item)
+        if new_item.name == item.name:
+            continue
+        if isinstance(item, sa.ForeignKeyConstraint):
+            what, create = "foreign key", ops.CreateForeignKeyOp.from_constraint(new_item)
+            drop = ops.DropConstraintOp(item.name, table.name, type_="foreignkey")
+        else:
+            what, create = "unique constraint", ops.CreateUniqueConstraintOp.from_constraint(new_item)
+            drop = ops.DropConstraintOp(item.name, table.name, type_="unique")
+        constraints.append(Step(f"rename {what} {item.name} -> {new_item.name} on {table.name}",
+                                ops.ModifyTableOps(table.name, [drop, create]), batch=table.name))
+    for item in sorted(old_table.indexes, key=lambda i: str(i.name)):
+        cols = tuple(item.columns.keys())
+        if not set(cols) & set(columns) or ("uix" if item.unique else "ix", cols) not in existing:
+            continue
+        new_item = counterpart(table.indexes, item)
+        if new_item.name == item.name:
+            continue
+        indexes.append(Step(f"rename index {item.name} -> {new_item.name} on {table.name}",
+                            ops.ModifyTableOps(table.name, [ops.DropIndexOp(item.name, table_name=table.name),
+                                                            ops.CreateIndexOp.from_index(new_item)])))
+    plan.steps += constraints + indexes
 
 
 def _diff_rollup(plan: Plan, where: str, old: dict | None, new: dict | None) -> None:
@@ -210,8 +329,10 @@ def _index_signatures(entity_json: dict) -> set[tuple[str, tuple[str, ...]]]:
     return found
 
 
-def _diff_indexes(plan: Plan, before: dict, entity, table: sa.Table) -> None:
-    old, new = _index_signatures(before), _index_signatures(entity.to_json())
+def _diff_indexes(plan: Plan, before: dict, entity, table: sa.Table, renamed: dict[str, str]) -> None:
+    """New indexes and unique constraints; ``renamed`` (``{old column: new}``) were renamed with their column."""
+    old = {(kind, tuple(renamed.get(c, c) for c in cols)) for kind, cols in _index_signatures(before)}
+    new = _index_signatures(entity.to_json())
     for kind, cols in sorted(new - old):
         if kind == "uq":
             uq = next(c for c in table.constraints
@@ -234,7 +355,11 @@ def apply_steps(conn: sa.Connection, steps: list[Step]) -> None:
 
 
 def render_sql(steps: list[Step], dialect_name: str) -> str:
-    """The SQL the steps would run on ``dialect_name``, without a database (``loom plan --sql``)."""
+    """The SQL the steps would run on ``dialect_name``, without a database (``loom plan --sql``).
+
+    SQLite's batch steps copy a table, which alembic can only plan against the live table: they are
+    listed as a comment.
+    """
     buffer = io.StringIO()
     context = MigrationContext.configure(dialect_name=dialect_name, opts={"as_sql": True, "output_buffer": buffer})
     _invoke(Operations(context), steps, dialect_name)
@@ -242,9 +367,23 @@ def render_sql(steps: list[Step], dialect_name: str) -> str:
 
 
 def _invoke(operations: Operations, steps: list[Step], dialect_name: str) -> None:
-    for step in steps:
-        if step.batch and dialect_name == "sqlite":
-            with operations.batch_alter_table(step.batch, recreate="auto") as batch:
-                batch.invoke(step.operation)
+    offline = operations.migration_context.as_sql
+    for table, group in itertools.groupby(steps, key=lambda s: s.batch if dialect_name == "sqlite" else None):
+        if table and offline:
+            operations.impl.static_output(f"-- copy table {table} (SQLite batch mode) to: "
+                                          + "; ".join(step.description for step in group))
+        elif table:  # one copy of the table for consecutive steps on it
+            with operations.batch_alter_table(table, recreate="auto") as batch:
+                for step in group:
+                    for operation in _operations(step):
+                        batch.invoke(operation)
         else:
-            operations.invoke(step.operation)
+            for step in group:
+                for operation in _operations(step):
+                    operations.invoke(operation)
+
+
+def _operations(step: Step) -> list[ops.MigrateOperation]:
+    if isinstance(step.operation, ops.ModifyTableOps):
+        return list(step.operation.ops)
+    return [step.operation]

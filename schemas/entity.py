@@ -51,6 +51,9 @@ class FieldSpec(SpecModel):
     )
     label: Label | None = Field(None, description="Shown in forms and API docs; plain or per locale.")
     help: Label | None = Field(None, description="Help text shown beside the input.")
+    renamed_from: str | None = Field(
+        None, description="The field's previous name: the migration renames the column and keeps its data, and "
+        "the audit trail shows older entries under the new name. Harmless once applied; keep it for the history.")
     required: bool = Field(False, description="A value must be given (NOT NULL).")
     unique: bool = Field(False, description="No two records may share a value.")
     indexed: bool = Field(False, description="Create a database index on this field.")

@@ -54,7 +54,11 @@ def write_entries(conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
 
 def history_page(conn: sa.Connection, entity: Entity, record_id: int, *, limit: int,
                  before: int | None) -> tuple[list[dict[str, Any]], int | None]:
-    """Entries of one record, newest first, and the id to continue before (or None on the last page)."""
+    """Entries of one record, newest first, and the id to continue before (or None on the last page).
+
+    Entries written before a field was renamed (``renamed_from:``) show it under its new name; the rows
+    stay as written.
+    """
     mine = (AUDIT.c.entity == entity.name, AUDIT.c.record_id == record_id)
     # only the latest record with this id: a database that reused the id of a deleted record (SQLite
     # tables made before Loom asked for AUTOINCREMENT) must not show the new record the old one's past
@@ -63,12 +67,12 @@ def history_page(conn: sa.Connection, entity: Entity, record_id: int, *, limit: 
     if before is not None:
         stmt = stmt.where(AUDIT.c.id < before)
     rows = conn.execute(stmt.order_by(AUDIT.c.id.desc()).limit(limit + 1)).all()
-    entries = [_entry(r) for r in rows[:limit]]
+    entries = [_entry(r, entity.former_names) for r in rows[:limit]]
     return entries, entries[-1]["id"] if len(rows) > limit else None
 
 
-def _entry(row) -> dict[str, Any]:
-    changes = dict(row.changes)
+def _entry(row, former_names: dict[str, str]) -> dict[str, Any]:
+    changes = {former_names.get(name, name): change for name, change in row.changes.items()}
     entry = {"id": row.id, "at": row.at.isoformat().replace("+00:00", "Z"), "actor": row.actor,
              "channel": row.channel, "action": row.action, "version": row.version, "changes": changes}
     if TRANSITION_KEY in changes:
