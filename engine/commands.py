@@ -16,7 +16,14 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from loomcrm.generators.migrations import Plan, apply_steps, plan_migration, render_sql
+from loomcrm.generators.migrations import (
+    BackfillFailed,
+    Plan,
+    apply_steps,
+    check_data,
+    plan_migration,
+    render_sql,
+)
 from loomcrm.generators.tables import MIGRATIONS_TABLE, build_metadata, migrations_table
 
 from .app import Loom
@@ -77,8 +84,9 @@ def plan(project: str | os.PathLike, *, database_url: str | None = None) -> Plan
     try:
         with engine.connect() as conn:
             old, has_table = applied_manifest(conn)
-        return PlannedMigration(manifest, plan_migration(old, manifest, has_migrations_table=has_table),
-                                engine.dialect.name)
+            the_plan = plan_migration(old, manifest, has_migrations_table=has_table)
+            check_data(the_plan, conn)
+        return PlannedMigration(manifest, the_plan, engine.dialect.name)
     finally:
         engine.dispose()
 
@@ -116,11 +124,16 @@ def migrate_manifest(manifest: Manifest, *, database_url: str | None = None, app
                         conn.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": ADVISORY_LOCK_ID})
                     old, has_table = applied_manifest(conn)  # read under the lock: the latest state
                     the_plan = plan_migration(old, manifest, has_migrations_table=has_table)
+                    check_data(the_plan, conn)  # before anything changes
                     if the_plan.refused:
                         raise MigrationRefused(the_plan)
                     if old is not None and old == manifest.to_json():
                         return the_plan
-                    apply_steps(conn, the_plan.steps)
+                    try:
+                        apply_steps(conn, the_plan.steps)
+                    except BackfillFailed as exc:  # the transaction rolls back: nothing changed
+                        the_plan.refused.append(str(exc))
+                        raise MigrationRefused(the_plan) from None
                     if sqlite:
                         problems = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
                         if problems:

@@ -529,6 +529,16 @@ def _add_rules(loaded, entities: dict[str, Entity], locales, errors) -> dict[str
                                   compiled.get("when"), tuple(rule.fields)))
         computed = {}
         for fname, fspec in (spec.fields.items() if spec else ()):
+            if fspec.backfill is not None and fname in entity.fields:
+                try:
+                    backfill = compile_expression(fspec.backfill, entity, entities["user"])
+                    if not {"old", "user"}.isdisjoint(backfill.reads):  # a migration has neither
+                        raise ExpressionError("a backfill reads the existing `record` only",
+                                              "remove 'old.' and 'user.' from it")
+                    computed[fname] = replace(entity.fields[fname], backfill=backfill)
+                except ExpressionError as exc:
+                    errors.append(_err(loaded, name, ("fields", fname, "backfill"), "E135",
+                                       f"backfill of '{name}.{fname}': {exc.message}", exc.hint, key=False))
             if fspec.compute is None or fname not in entity.fields:
                 continue
             if fspec.type in ("refs",) or entity.fields[fname].column is None:
@@ -537,7 +547,7 @@ def _add_rules(loaded, entities: dict[str, Entity], locales, errors) -> dict[str
                                    key=False))
                 continue
             try:
-                computed[fname] = replace(entity.fields[fname],
+                computed[fname] = replace(computed.get(fname, entity.fields[fname]),
                                           compute=compile_expression(fspec.compute, entity, entities["user"]))
             except ExpressionError as exc:
                 errors.append(_err(loaded, name, ("fields", fname, "compute"), "E135",

@@ -21,7 +21,7 @@ __all__ = ["FieldType", "FieldValueError", "COMMON_OPTIONS", "FILTER_OPS"]
 
 #: Spec keys every field type accepts.
 COMMON_OPTIONS = frozenset({"type", "label", "help", "required", "unique", "indexed", "read_only", "default",
-                            "compute", "default_expr", "rollup", "renamed_from"})
+                            "compute", "default_expr", "rollup", "renamed_from", "backfill"})
 
 #: Every list filter operator the API knows.
 FILTER_OPS = ("eq", "ne", "lt", "lte", "gt", "gte", "in", "contains", "startswith", "isnull")

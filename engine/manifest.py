@@ -62,6 +62,8 @@ class Field:
     :ivar source: ``file:line:col`` where the field was written.
     :ivar renamed_from: the field's previous name (``renamed_from:``): the migration renames its column;
         stored with the manifest so the audit trail can show older entries under the new name.
+    :ivar backfill: CEL (``backfill:``) giving existing rows their value when the field becomes required;
+        read by ``loom migrate`` only, so not part of the stored manifest.
     """
 
     name: str
@@ -86,6 +88,7 @@ class Field:
     compute: Any = field(default=None, compare=False, repr=False)  # expressions.Expression: recomputed on save
     default_expr: Any = field(default=None, compare=False, repr=False)  # expressions.Expression: value on create
     rollup: Any = field(default=None, compare=False, repr=False)  # rollups.Rollup: summary of child records
+    backfill: Any = field(default=None, compare=False, repr=False)  # expressions.Expression: value of old rows
 
     @property
     def writable(self) -> bool:

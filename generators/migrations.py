@@ -11,18 +11,24 @@ from __future__ import annotations
 
 import io
 import itertools
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import sqlalchemy as sa
 from alembic.migration import MigrationContext
 from alembic.operations import Operations, ops
+from sqlalchemy.schema import sort_tables_and_constraints
 
 from loomcrm.engine.manifest import Manifest
 
 from .tables import MIGRATIONS_TABLE, build_metadata
 
-__all__ = ["Step", "Plan", "plan_migration", "apply_steps", "render_sql"]
+__all__ = ["Step", "Plan", "NullCheck", "BackfillFailed", "plan_migration", "check_data", "apply_steps", "render_sql"]
+
+#: Rows a backfill reads and writes at a time.
+BACKFILL_PAGE = 500
 
 #: Field attributes whose change alters the table; anything else (labels, help) is metadata only.
 SCHEMA_ATTRS = ("type", "column", "required", "unique")
@@ -36,11 +42,36 @@ class Step:
     ``batch`` names the table when SQLite needs alembic's batch mode (copy-and-move) to apply it;
     consecutive steps on one table share one copy. ``operation`` may be an ``ops.ModifyTableOps``:
     operations applied together (dropping an index by its old name, creating it by its new one).
+    ``run`` is Python the step runs instead, on the migration's connection (backfills); ``check`` is
+    the data check :func:`check_data` runs for it before anything changes.
     """
 
     description: str
-    operation: ops.MigrateOperation
+    operation: ops.MigrateOperation | None
     batch: str | None = None
+    run: Callable[[sa.Connection], None] | None = None
+    check: NullCheck | None = None
+
+
+@dataclass(frozen=True)
+class NullCheck:
+    """The rows of ``table`` with no value in ``column``, counted before a field becomes required.
+
+    :ivar where: ``entity.field``, as messages name it.
+    :ivar fill: how those rows get a value (``default 'other'``, ``backfill "..."``); None: any such
+        row refuses the plan.
+    :ivar new: the column is added by the plan, so every existing row has no value.
+    """
+
+    where: str
+    table: str
+    column: str
+    fill: str | None
+    new: bool = False
+
+
+class BackfillFailed(Exception):
+    """A backfill gave rows no value, or one their field cannot hold; the migration is rolled back."""
 
 
 @dataclass
@@ -88,30 +119,47 @@ class Plan:
 
 
 def plan_migration(old: dict[str, Any] | None, new: Manifest, *, has_migrations_table: bool = True) -> Plan:
-    """Diff ``old`` (a stored ``Manifest.to_json()``, or None for an empty database) against ``new``."""
+    """Diff ``old`` (a stored ``Manifest.to_json()``, or None for an empty database) against ``new``.
+
+    New tables come first, referenced tables before the tables that refer to them; a foreign key that
+    closes a cycle (two entities referring to each other) is added once both tables exist. Changes to
+    existing tables follow, so a new ref column can point at a table created in the same migration.
+    """
     metadata = build_metadata(new)
     plan = Plan(initial=old is None)
     if not has_migrations_table:
         _create_table(plan, metadata.tables[MIGRATIONS_TABLE], "Loom's migration history")
     old_entities: dict[str, Any] = (old or {}).get("entities", {})
-    for table in metadata.sorted_tables:  # referenced tables before the tables that refer to them
+    creates: list[tuple[sa.Table, str]] = []
+    changes: list[sa.Table] = []
+    for table in _sorted_tables(metadata.tables.values()):
         if table.name == MIGRATIONS_TABLE:
             continue
         if table.info.get("system"):  # Loom's own tables: created once, by name
             if table.name not in (old or {}).get("system_tables", []):
-                _create_table(plan, table, "Loom's own")
+                creates.append((table, "Loom's own"))
             continue
         if "join" in table.info:
             owner, fname = table.info["loom"].split(".")
             if fname not in old_entities.get(owner, {}).get("fields", {}):
-                _create_table(plan, table, f"links of {owner}.{fname}")
+                creates.append((table, f"links of {owner}.{fname}"))
             continue
         entity = new.entities[table.info["loom"]]
-        before = old_entities.get(entity.name)
-        if before is None:
-            _create_table(plan, table, f"entity '{entity.name}'")
+        if entity.name not in old_entities:
+            creates.append((table, f"entity '{entity.name}'"))
             plan.refresh_rollups |= any(f.rollup is not None for f in entity.fields.values())
-            continue
+        else:
+            changes.append(table)
+    order, deferred = _creation_order([table for table, _ in creates])
+    what = {table.name: text for table, text in creates}
+    for table in order:
+        _create_table(plan, table, what[table.name], skip=deferred)
+    for fk in deferred:
+        plan.steps.append(Step(f"add foreign key {fk.name} on {fk.parent.name}",
+                               AddDeferredForeignKeyOp.from_constraint(fk)))
+    for table in changes:
+        entity = new.entities[table.info["loom"]]
+        before = old_entities[entity.name]
         renamed = _diff_fields(plan, entity.name, before, entity, table, new)
         _diff_indexes(plan, before, entity, table, renamed)
     for name in old_entities:
@@ -123,19 +171,74 @@ def plan_migration(old: dict[str, Any] | None, new: Manifest, *, has_migrations_
     return plan
 
 
+def _sorted_tables(tables) -> list[sa.Table]:
+    """``tables`` with referenced tables first, as far as cycles allow (without SQLAlchemy's warning)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sa.exc.SAWarning)  # cycles are expected: see _creation_order
+        return [table for table, _ in sort_tables_and_constraints(list(tables)) if table is not None]
+
+
+def _creation_order(tables: list[sa.Table]) -> tuple[list[sa.Table], list[sa.ForeignKeyConstraint]]:
+    """The order to create ``tables`` in, and the foreign keys to add once they all exist.
+
+    A foreign key stays in its CREATE TABLE when the table it refers to exists by then: already in the
+    database, the table itself, or created earlier; only those closing a cycle are deferred.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sa.exc.SAWarning)  # a cycle: SQLAlchemy sets its keys apart
+        sorted_ = sort_tables_and_constraints(tables)
+    order = [table for table, _ in sorted_ if table is not None]
+    position = {table: i for i, table in enumerate(order)}
+    deferred = [fk for table, fks in sorted_ if table is None for fk in fks
+                if fk.referred_table in position and position[fk.referred_table] > position[fk.parent]]
+    return order, sorted(deferred, key=lambda fk: (position[fk.parent], fk.name or ""))
+
+
 def _bare(column: sa.Column) -> sa.Column:
-    """A copy of ``column`` without index/unique flags: those become steps of their own."""
+    """A copy of ``column`` without index/unique flags (those become steps of their own), keeping its
+    foreign key (``_copy`` drops it), named by the naming convention as ``build_metadata`` names it."""
     copy = column._copy()
     copy.index = None
     copy.unique = None
+    for fk in column.foreign_keys:
+        target = fk.column.table.name
+        copy.append_foreign_key(sa.ForeignKey(fk.target_fullname, ondelete=fk.ondelete,
+                                              name=f"fk_{column.table.name}_{column.name}_{target}"))
     return copy
 
 
-def _create_table(plan: Plan, table: sa.Table, what: str) -> None:
-    plan.steps.append(Step(f"create table {table.name} ({what}, {len(table.columns)} columns)",
-                           ops.CreateTableOp.from_table(table)))
+def _create_table(plan: Plan, table: sa.Table, what: str, skip=()) -> None:
+    """Create ``table`` with its indexes; the foreign keys in ``skip`` are added by a later step.
+
+    Where the database can ALTER a table to add a foreign key, CREATE TABLE leaves those out
+    (``use_alter``); SQLite keeps them inline (it resolves the referenced table only when rows are
+    written) and the later ``AddDeferredForeignKeyOp`` does nothing there.
+    """
+    operation = ops.CreateTableOp.from_table(table)
+    if any(fk.parent is table for fk in skip):
+        constraints = []
+        for constraint in table.constraints:
+            if constraint in skip:
+                constraint = constraint._copy()
+                constraint.use_alter = True
+            constraints.append(constraint)
+        operation = ops.CreateTableOp(
+            table.name, list(table.c) + constraints, schema=table.schema, _namespace_metadata=table.metadata,
+            _constraints_included=True, comment=table.comment, info=dict(table.info),
+            prefixes=list(table._prefixes), **table.kwargs)
+    plan.steps.append(Step(f"create table {table.name} ({what}, {len(table.columns)} columns)", operation))
     for index in sorted(table.indexes, key=lambda i: i.name or ""):
         plan.steps.append(Step(f"create index {index.name} on {table.name}", ops.CreateIndexOp.from_index(index)))
+
+
+class AddDeferredForeignKeyOp(ops.CreateForeignKeyOp):
+    """Add a foreign key its CREATE TABLE left out (see ``_create_table``): a no-op on SQLite."""
+
+
+@Operations.implementation_for(AddDeferredForeignKeyOp)
+def _add_deferred_foreign_key(operations: Operations, operation: AddDeferredForeignKeyOp) -> None:
+    if operations.impl.dialect.supports_alter:  # else CREATE TABLE kept it inline
+        operations.impl.add_constraint(operation.to_constraint(operations.migration_context))
 
 
 def _diff_fields(plan: Plan, name: str, before: dict, entity, table: sa.Table, manifest: Manifest) -> dict[str, str]:
@@ -146,6 +249,7 @@ def _diff_fields(plan: Plan, name: str, before: dict, entity, table: sa.Table, m
     old_fields = before.get("fields", {})
     renames = _renames(plan, name, old_fields, entity)
     renamed: list[tuple[dict, Any]] = []
+    required: list[Step] = []  # after the new columns and renames: a backfill may read them
     columns = {}
     for fname, field_ in entity.fields.items():
         old = old_fields.get(renames.get(fname, fname))
@@ -159,21 +263,30 @@ def _diff_fields(plan: Plan, name: str, before: dict, entity, table: sa.Table, m
         if old is None:
             if field_.type == "refs":
                 continue  # its join table is planned with the other tables
+            column = table.c[field_.column]
+            bare = _bare(column)
+            bare.nullable = True  # a required column gets its values first, then NOT NULL (below)
+            plan.steps.append(Step(f"add column {table.name}.{column.name} ({column.type}, "
+                                   f"{'required' if field_.required else 'optional'})",
+                                   ops.AddColumnOp.from_column_and_tablename(None, table.name, bare),
+                                   batch=table.name if field_.type == "ref" else None))
             if field_.required:
-                plan.refused.append(
-                    f"new field {where} is required, but existing rows have no value for it: add it "
-                    "as optional first, fill it, then make it required (backfills come with schema evolution)"
-                )
-            else:
-                column = table.c[field_.column]
-                plan.steps.append(Step(f"add column {table.name}.{column.name} ({column.type}, optional)",
-                                       ops.AddColumnOp.from_column_and_tablename(None, table.name, _bare(column)),
-                                       batch=table.name if field_.type == "ref" else None))
-                if field_.rollup is not None:
-                    _diff_rollup(plan, where, None, field_.rollup.to_json())
+                required.extend(_required_steps(where, entity, field_, table, manifest, new=True))
+            if field_.rollup is not None:
+                _diff_rollup(plan, where, None, field_.rollup.to_json())
             continue
         changed = [a for a in SCHEMA_ATTRS if old.get(a) != getattr(field_, a)
                    and not (a == "column" and fname in renames)]
+        if "required" in changed and field_.column is not None and fname not in renames:
+            changed.remove("required")
+            if field_.required:
+                required.extend(_required_steps(where, entity, field_, table, manifest, new=False))
+            else:  # always safe: every value fits a nullable column
+                column = table.c[field_.column]
+                required.append(Step(f"drop NOT NULL of {table.name}.{column.name} ({where} is optional now)",
+                                     ops.AlterColumnOp(table.name, column.name, modify_nullable=True,
+                                                       existing_type=column.type, existing_nullable=False),
+                                     batch=table.name))
         changed += [p for p in SCHEMA_PARAMS if old.get("params", {}).get(p) != field_.params.get(p)]
         if changed:
             plan.refused.append(
@@ -198,7 +311,113 @@ def _diff_fields(plan: Plan, name: str, before: dict, entity, table: sa.Table, m
             )
     if renamed:
         _rename_columns(plan, manifest, before, entity, table, renamed)
+    plan.steps += required
     return columns
+
+
+def _required_steps(where: str, entity, field_, table: sa.Table, manifest: Manifest, *, new: bool) -> list[Step]:
+    """Make a column NOT NULL: rows without a value get the ``backfill:`` or the literal ``default``
+    first; without either, a data check refuses the plan when there are such rows (see :func:`check_data`)."""
+    column = table.c[field_.column]
+    not_null = ops.AlterColumnOp(table.name, column.name, modify_nullable=False, existing_type=column.type,
+                                 existing_nullable=True)
+    if field_.backfill is not None:
+        fill = f'backfill "{field_.backfill.text}"'
+        run = _backfill_expression(where, entity, field_, table, manifest.timezone)
+    elif field_.default is not None:
+        fill = f"default {field_.default!r}"
+        run = _backfill_default(field_.default, table, column)
+    else:
+        check = NullCheck(where, table.name, column.name, None, new)
+        return [Step(f"set {table.name}.{column.name} NOT NULL", not_null, batch=table.name, check=check)]
+    check = NullCheck(where, table.name, column.name, fill, new)
+    return [Step(f"backfill {where} from {fill}", None, run=run, check=check),
+            Step(f"set {table.name}.{column.name} NOT NULL", not_null, batch=table.name)]
+
+
+def _backfill_default(value: Any, table: sa.Table, column: sa.Column) -> Callable[[sa.Connection], None]:
+    """One UPDATE giving every row without a value the default (a bare table: no onupdate columns)."""
+    target = sa.table(table.name, sa.column(column.name, column.type))
+
+    def run(conn: sa.Connection) -> None:
+        conn.execute(sa.update(target).where(target.c[column.name].is_(None)).values({column.name: value}))
+    return run
+
+
+def _backfill_expression(where: str, entity, field_, table: sa.Table, timezone: str) -> Callable[[sa.Connection], None]:
+    """Evaluate the backfill for each row without a value, page by page in id order, and write the
+    results by id. Rows it gives no value or one the field cannot hold fail the migration, named."""
+    from loomcrm.engine.actions import to_field_value
+    from loomcrm.engine.expressions import context
+    from loomcrm.engine.fieldtypes import FieldValueError
+    from loomcrm.engine.runtime.context import utcnow, zone
+
+    expression = field_.backfill
+    read = [entity.fields[n] for n in sorted(expression.reads.get("record", ())) if entity.fields[n].column]
+    column = table.c[field_.column]
+    target = sa.table(table.name, sa.column("id"), sa.column(column.name, column.type))
+    select = sa.select(table.c.id, *(table.c[f.column] for f in read)).where(column.is_(None)) \
+        .order_by(table.c.id).limit(BACKFILL_PAGE)
+    update = sa.update(target).where(target.c.id == sa.bindparam("row_id")).values({column.name: sa.bindparam("v")})
+
+    def run(conn: sa.Connection) -> None:
+        now = utcnow()
+        today = now.astimezone(zone(timezone)).date().isoformat()
+        failed: list[str] = []
+        after = 0
+        while True:
+            rows = conn.execute(select.where(table.c.id > after)).all()
+            if not rows:
+                break
+            values = []
+            for row in rows:
+                record = {"id": row[0], **{f.name: v for f, v in zip(read, row[1:], strict=True)}}
+                try:
+                    result = expression.evaluate(context(expression.reads, {"record": record, "now": now,
+                                                                            "today": today}))
+                    value = to_field_value(field_, result, timezone)
+                except FieldValueError as exc:
+                    failed.append(f"id {row[0]}: {exc.message}")
+                    continue
+                except Exception as exc:  # noqa: BLE001 - CEL errors: reported with the row
+                    failed.append(f"id {row[0]}: {type(exc).__name__}: {exc}")
+                    continue
+                if value is None:
+                    failed.append(f"id {row[0]}: no value")
+                else:
+                    values.append({"row_id": row[0], "v": value})
+            if values:
+                conn.execute(update, values)
+            after = rows[-1][0]
+        if failed:
+            more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
+            raise BackfillFailed(f"backfill of {where} (\"{expression.text}\") failed for {len(failed)} rows: "
+                                 f"{'; '.join(failed[:5])}{more}: change 'backfill:' so it gives every row a "
+                                 "value that fits, or fill those rows first; nothing was changed")
+    return run
+
+
+def check_data(plan: Plan, conn: sa.Connection) -> None:
+    """Run the plan's data checks on ``conn`` before anything changes: count the rows each backfill
+    fills (its step says how many), and refuse the plan when a column without one would become
+    NOT NULL over rows with no value (the message gives the count and the first ids)."""
+    for i, step in enumerate(plan.steps):
+        check = step.check
+        if check is None:
+            continue
+        table = sa.table(check.table, sa.column("id"), *([] if check.new else [sa.column(check.column)]))
+        missing = sa.true() if check.new else table.c[check.column].is_(None)
+        count = conn.execute(sa.select(sa.func.count()).select_from(table).where(missing)).scalar_one()
+        if check.fill is not None:
+            plan.steps[i] = replace(step, description=f"backfill {check.where}: {count} rows from {check.fill}")
+            continue
+        plan.steps[i] = replace(step, description=f"{step.description} (data check: {count} rows without a value)")
+        if count:
+            ids = conn.execute(sa.select(table.c.id).where(missing).order_by(table.c.id).limit(6)).scalars().all()
+            sample = ", ".join(str(row_id) for row_id in ids[:5]) + (" ..." if count > 5 else "")
+            what = f"new field {check.where} is required" if check.new else f"{check.where} is now required"
+            plan.refused.append(f"{what}, but {count} rows have no value (ids {sample}): add 'default:' or "
+                                "'backfill:' to fill them, or fill them first")
 
 
 def _renames(plan: Plan, name: str, old_fields: dict, entity) -> dict[str, str]:
@@ -373,17 +592,26 @@ def _invoke(operations: Operations, steps: list[Step], dialect_name: str) -> Non
             operations.impl.static_output(f"-- copy table {table} (SQLite batch mode) to: "
                                           + "; ".join(step.description for step in group))
         elif table:  # one copy of the table for consecutive steps on it
-            with operations.batch_alter_table(table, recreate="auto") as batch:
+            # the copy keeps AUTOINCREMENT (ids of deleted records are never given out again), and gives it
+            # to tables made before Loom asked for it
+            with operations.batch_alter_table(table, recreate="auto",
+                                              table_kwargs={"sqlite_autoincrement": True}) as batch:
                 for step in group:
                     for operation in _operations(step):
                         batch.invoke(operation)
         else:
             for step in group:
+                if step.run is not None and offline:
+                    operations.impl.static_output(f"-- {step.description} (Python, run by loom migrate)")
+                elif step.run is not None:
+                    step.run(operations.migration_context.connection)
                 for operation in _operations(step):
                     operations.invoke(operation)
 
 
 def _operations(step: Step) -> list[ops.MigrateOperation]:
+    if step.operation is None:
+        return []
     if isinstance(step.operation, ops.ModifyTableOps):
         return list(step.operation.ops)
     return [step.operation]

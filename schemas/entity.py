@@ -82,6 +82,10 @@ class FieldSpec(SpecModel):
     default_expr: str | None = Field(
         None, description="CEL giving the value when a new record has none, e.g. `today` or "
         "`record.amount * 0.1`; unlike `compute`, people may change it afterwards.")
+    backfill: str | None = Field(
+        None, description="CEL over the existing `record` giving the value of rows that have none when the field "
+        "becomes required (or is added as required): `record.type == 'customer' ? 'retail' : 'other'`. Used by "
+        "`loom migrate` only; `default:` fills them when there is no backfill.")
     rollup: RollupSpec | None = Field(
         None, description="A summary of the records pointing at this one (count, sum, min, max), computed in "
         "SQL and kept current whenever they change; read-only, stored, filterable and sortable.")

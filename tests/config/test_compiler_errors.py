@@ -135,7 +135,7 @@ def test_option_of_another_type_lists_the_options_that_apply():
               employees: {type: integer, max_length: 10}
         """) == golden("""
         entities.yaml:4:34 E126 option 'max_length' does not apply to integer field 'account.employees'
-            hint: integer fields take: compute, default, default_expr, help, indexed, label, max, min, read_only, renamed_from, required, rollup, unique
+            hint: integer fields take: backfill, compute, default, default_expr, help, indexed, label, max, min, read_only, renamed_from, required, rollup, unique
         1 error in the config.
         """)
 

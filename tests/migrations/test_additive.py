@@ -125,9 +125,6 @@ def test_additive_changes_are_planned_and_applied_without_touching_data(db_url):
     (PHASE1.replace("      region: {type: enum, options: [north, south]}\n", ""),
      "field account.region was removed"),
     (PHASE1.replace("options: [north, south]", "options: [north]"), "options south were removed"),
-    (PHASE1 + "      score: {type: integer, required: true}\n", "new field account.score is required"),
-    (PHASE1.replace("name: {type: string, required: true}", "name: {type: string}"),
-     "field account.name changed required"),
     ("entities:\n  other:\n    fields:\n      x: {type: string}\n", "entity 'account' was removed"),
 ])
 def test_non_additive_changes_are_refused_and_change_nothing(db_url, change, reason):
