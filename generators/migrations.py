@@ -194,6 +194,10 @@ def _creation_order(tables: list[sa.Table]) -> tuple[list[sa.Table], list[sa.For
     return order, sorted(deferred, key=lambda fk: (position[fk.parent], fk.name or ""))
 
 
+def _rows(count: int) -> str:
+    return f"{count} row" if count == 1 else f"{count} rows"
+
+
 def _bare(column: sa.Column) -> sa.Column:
     """A copy of ``column`` without index/unique flags (those become steps of their own), keeping its
     foreign key (``_copy`` drops it), named by the naming convention as ``build_metadata`` names it."""
@@ -409,15 +413,16 @@ def check_data(plan: Plan, conn: sa.Connection) -> None:
         missing = sa.true() if check.new else table.c[check.column].is_(None)
         count = conn.execute(sa.select(sa.func.count()).select_from(table).where(missing)).scalar_one()
         if check.fill is not None:
-            plan.steps[i] = replace(step, description=f"backfill {check.where}: {count} rows from {check.fill}")
+            plan.steps[i] = replace(step, description=f"backfill {check.where}: {_rows(count)} from {check.fill}")
             continue
-        plan.steps[i] = replace(step, description=f"{step.description} (data check: {count} rows without a value)")
+        plan.steps[i] = replace(step, description=f"{step.description} (data check: {_rows(count)} without a value)")
         if count:
             ids = conn.execute(sa.select(table.c.id).where(missing).order_by(table.c.id).limit(6)).scalars().all()
             sample = ", ".join(str(row_id) for row_id in ids[:5]) + (" ..." if count > 5 else "")
             what = f"new field {check.where} is required" if check.new else f"{check.where} is now required"
-            plan.refused.append(f"{what}, but {count} rows have no value (ids {sample}): add 'default:' or "
-                                "'backfill:' to fill them, or fill them first")
+            plan.refused.append(f"{what}, but {_rows(count)} {'has' if count == 1 else 'have'} no value "
+                                f"({'id' if count == 1 else 'ids'} {sample}): add 'default:' or 'backfill:' to fill "
+                                f"{'it' if count == 1 else 'them'}, or fill {'it' if count == 1 else 'them'} first")
 
 
 def _renames(plan: Plan, name: str, old_fields: dict, entity) -> dict[str, str]:
