@@ -33,9 +33,13 @@ def _parser(plugin_commands: list | None = None) -> argparse.ArgumentParser:
     command("validate", "check the config and print a summary; errors name file:line:col")
     p = command("plan", "show what 'migrate' would change; exits 1 if a change would be refused")
     p.add_argument("--sql", action="store_true", help="also print the SQL for this database's dialect")
+    p.add_argument("--allow-data-loss", action="store_true", help="plan drops of fields and entities that "
+                   "hold data (refused without it)")
     p.add_argument("--database", help="database URL (default: config, or $LOOM_DATABASE_URL)")
     p = command("migrate", "bring the database schema to the config, in one transaction")
     p.add_argument("--database", help="database URL (default: config, or $LOOM_DATABASE_URL)")
+    p.add_argument("--allow-data-loss", action="store_true", help="drop fields and entities that hold data "
+                   "(refused without it)")
     p.add_argument("--no-backup", action="store_true", help="SQLite: skip the copy of the database file made "
                    "before a schema change")
     p = command("check", "exit 1 when the database schema does not match the config (for CI and deploys)")
@@ -191,7 +195,7 @@ def _count(n: int, one: str, many: str) -> str:
 def _plan(args) -> int:
     from .commands import plan
 
-    planned = plan(args.project, database_url=args.database)
+    planned = plan(args.project, database_url=args.database, allow_data_loss=args.allow_data_loss)
     print(planned.plan.render())
     if args.sql and planned.plan.steps:
         print("\n-- SQL (" + planned.dialect + ")\n" + planned.sql())
@@ -201,7 +205,8 @@ def _plan(args) -> int:
 def _migrate(args) -> int:
     from .commands import migrate
 
-    the_plan = migrate(args.project, database_url=args.database, backup=not args.no_backup)
+    the_plan = migrate(args.project, database_url=args.database, backup=not args.no_backup,
+                       allow_data_loss=args.allow_data_loss)
     print(the_plan.render())
     if the_plan.backup:
         print(f"backup of the database before the change: {the_plan.backup}")

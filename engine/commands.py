@@ -74,8 +74,10 @@ def applied_manifest(conn: sa.Connection) -> tuple[dict[str, Any] | None, bool]:
     return (json.loads(row[0]) if row else None), True
 
 
-def plan(project: str | os.PathLike, *, database_url: str | None = None) -> PlannedMigration:
-    """What ``migrate`` would do, without changing anything."""
+def plan(project: str | os.PathLike, *, database_url: str | None = None,
+         allow_data_loss: bool = False) -> PlannedMigration:
+    """What ``migrate`` would do, without changing anything; a drop that loses data is refused unless
+    ``allow_data_loss``."""
     manifest, _ = compile_project(project)
     url = database_url or manifest.database_url
     if _missing_sqlite_file(url):  # planning is read-only: do not create the file by connecting
@@ -85,7 +87,7 @@ def plan(project: str | os.PathLike, *, database_url: str | None = None) -> Plan
         with engine.connect() as conn:
             old, has_table = applied_manifest(conn)
             the_plan = plan_migration(old, manifest, has_migrations_table=has_table)
-            check_data(the_plan, conn)
+            check_data(the_plan, conn, allow_data_loss=allow_data_loss)
         return PlannedMigration(manifest, the_plan, engine.dialect.name)
     finally:
         engine.dispose()
@@ -98,15 +100,17 @@ def _missing_sqlite_file(url: str) -> bool:
 
 
 def migrate(project: str | os.PathLike, *, database_url: str | None = None, applied_by: str | None = None,
-            backup: bool = False) -> Plan:
+            backup: bool = False, allow_data_loss: bool = False) -> Plan:
     """Bring the database to the config, in one transaction; concurrent calls are serialized. With
-    ``backup``, a SQLite file whose schema changes is copied first."""
+    ``backup``, a SQLite file whose schema changes is copied first. Dropping a field or an entity
+    that holds data is refused unless ``allow_data_loss``."""
     manifest, _ = compile_project(project)
-    return migrate_manifest(manifest, database_url=database_url, applied_by=applied_by, backup=backup)
+    return migrate_manifest(manifest, database_url=database_url, applied_by=applied_by, backup=backup,
+                            allow_data_loss=allow_data_loss)
 
 
 def migrate_manifest(manifest: Manifest, *, database_url: str | None = None, applied_by: str | None = None,
-                     backup: bool = False) -> Plan:
+                     backup: bool = False, allow_data_loss: bool = False) -> Plan:
     """Apply the plan from the stored manifest to ``manifest``. With ``backup``, a SQLite file that
     already holds a migrated schema is copied first (see :func:`backup_sqlite`); the plan's
     ``backup`` names the copy."""
@@ -124,7 +128,7 @@ def migrate_manifest(manifest: Manifest, *, database_url: str | None = None, app
                         conn.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": ADVISORY_LOCK_ID})
                     old, has_table = applied_manifest(conn)  # read under the lock: the latest state
                     the_plan = plan_migration(old, manifest, has_migrations_table=has_table)
-                    check_data(the_plan, conn)  # before anything changes
+                    check_data(the_plan, conn, allow_data_loss=allow_data_loss)  # before anything changes
                     if the_plan.refused:
                         raise MigrationRefused(the_plan)
                     if old is not None and old == manifest.to_json():

@@ -448,7 +448,32 @@ def _compile_field(loaded, entity, name, spec: FieldSpec, types, app, errors) ->
                            "shorten the field name or the entity name"))
     if spec.default is not None:
         field = _with_default(loaded, entity, name, spec, field, errors)
+    if spec.map is not None and "map" in field_type.options:
+        field = _with_option_map(loaded, entity, name, spec, field, errors)
     return field
+
+
+def _with_option_map(loaded, entity, name, spec, field: Field, errors) -> Field:
+    """``map:`` takes values that are no longer options (E147) to a current option, or to null when the
+    field is optional: a key that is still an option would change values people may keep choosing."""
+    options = [o["value"] for o in field.params.get("options", [])]
+    where = f"'{entity}.{name}'"
+    for old, new in spec.map.items():
+        path = ("fields", name, "map", old)
+        if old in options:
+            errors.append(_err(loaded, entity, path, "E147",
+                               f"map key '{old}' of {where} is still one of its options",
+                               f"a key is a value taken out of 'options': remove '{old}' from options, "
+                               "or remove it from map"))
+        if new is None and field.required:
+            errors.append(_err(loaded, entity, path, "E147",
+                               f"map of {where} empties '{old}', but the field is required",
+                               f"map it to an option: {', '.join(options[:10])}", key=False))
+        elif new is not None and new not in options:
+            errors.append(_err(loaded, entity, path, "E147",
+                               f"map of {where} turns '{old}' into '{new}', which is not one of its options",
+                               did_you_mean(new, options) or f"options: {', '.join(options[:10])}", key=False))
+    return replace(field, option_map=dict(spec.map))
 
 
 def _options_hint(field_type: FieldType) -> str:

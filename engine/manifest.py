@@ -64,6 +64,9 @@ class Field:
         stored with the manifest so the audit trail can show older entries under the new name.
     :ivar backfill: CEL (``backfill:``) giving existing rows their value when the field becomes required;
         read by ``loom migrate`` only, so not part of the stored manifest.
+    :ivar option_map: ``map:`` of an enum or multi_enum field, ``{old value: option or None}``: what stored
+        values of options taken out become; read by ``loom migrate`` from the new config only, so not
+        part of the stored manifest.
     """
 
     name: str
@@ -89,6 +92,7 @@ class Field:
     default_expr: Any = field(default=None, compare=False, repr=False)  # expressions.Expression: value on create
     rollup: Any = field(default=None, compare=False, repr=False)  # rollups.Rollup: summary of child records
     backfill: Any = field(default=None, compare=False, repr=False)  # expressions.Expression: value of old rows
+    option_map: dict[str, str | None] | None = None
 
     @property
     def writable(self) -> bool:

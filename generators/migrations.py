@@ -1,10 +1,14 @@
 """Migration plans as data: diff the last applied manifest against a new one into alembic operations.
 
-This first slice supports creating the schema from nothing, *additive* changes (a new entity, a new
-optional field, a new index or unique constraint, a new many-to-many field, label, help and option
-additions, which need no DDL) and field renames (``renamed_from:``: the column, and the indexes and
-constraints named after it, get the new name; the data stays). Anything else is listed in
-``Plan.refused`` with the reason.
+Supported: creating the schema from nothing (entities that refer to each other included); *additive*
+changes (a new entity, a new optional field, a new index or unique constraint, a new many-to-many
+field, label, help and option additions, which need no DDL); field renames (``renamed_from:``: the
+column, and the indexes and constraints named after it, get the new name; the data stays). Changes that
+depend on the data carry a check that ``check_data`` runs against the database before anything changes:
+making a field required (:class:`NullCheck`; ``default``/``backfill`` fill the rows), taking enum options
+out (:class:`OptionCheck`; ``map:`` converts the rows), and dropping a field or an entity
+(:class:`LossCheck`: destructive, refused while rows would lose data unless data loss is allowed).
+Anything else (type changes, entity renames...) is listed in ``Plan.refused`` with the reason.
 """
 
 from __future__ import annotations
@@ -19,13 +23,14 @@ from typing import Any
 import sqlalchemy as sa
 from alembic.migration import MigrationContext
 from alembic.operations import Operations, ops
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import sort_tables_and_constraints
 
 from loomcrm.engine.manifest import Manifest
 
-from .tables import MIGRATIONS_TABLE, build_metadata
+from .tables import MIGRATIONS_TABLE, JSONValue, build_metadata
 
-__all__ = ["Step", "Plan", "NullCheck", "BackfillFailed", "plan_migration", "check_data", "apply_steps", "render_sql"]
+__all__ = ["Step", "Plan", "NullCheck", "LossCheck", "OptionCheck", "BackfillFailed", "plan_migration", "check_data", "apply_steps", "render_sql"]
 
 #: Rows a backfill reads and writes at a time.
 BACKFILL_PAGE = 500
@@ -50,7 +55,7 @@ class Step:
     operation: ops.MigrateOperation | None
     batch: str | None = None
     run: Callable[[sa.Connection], None] | None = None
-    check: NullCheck | None = None
+    check: NullCheck | LossCheck | OptionCheck | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,45 @@ class NullCheck:
     column: str
     fill: str | None
     new: bool = False
+
+
+@dataclass(frozen=True)
+class LossCheck:
+    """The rows a drop would lose data of, counted before anything changes: those with a value in
+    ``column``, or every row when ``column`` is None (a table). Any such row refuses the plan unless
+    data loss is allowed (``loom migrate --allow-data-loss``).
+
+    :ivar what: what is dropped, as messages name it (``account.fax``, ``entity 'lead'``).
+    :ivar kind: ``field`` or ``entity``: what to put back in the config to keep the data.
+    :ivar lost: what the rows lose (``the values of``, ``the links of``; empty: the rows themselves).
+    :ivar key: the column naming a row in messages (a join table names its owner's rows).
+    """
+
+    what: str
+    kind: str
+    table: str
+    column: str | None
+    lost: str = ""
+    key: str = "id"
+
+
+@dataclass(frozen=True)
+class OptionCheck:
+    """The rows of ``table`` whose ``column`` holds ``option`` (or, for a list, has it as an item),
+    counted before the option is taken out of an enum or multi_enum field.
+
+    :ivar where: ``entity.field``, as messages name it.
+    :ivar multi: the column holds lists (multi_enum).
+    :ivar fix: what to write when rows hold an option ``map:`` leaves out (any such row refuses the plan);
+        None: ``map:`` changes those rows.
+    """
+
+    where: str
+    table: str
+    column: str
+    option: str
+    multi: bool = False
+    fix: str | None = None
 
 
 class BackfillFailed(Exception):
@@ -162,13 +206,57 @@ def plan_migration(old: dict[str, Any] | None, new: Manifest, *, has_migrations_
         before = old_entities[entity.name]
         renamed = _diff_fields(plan, entity.name, before, entity, table, new)
         _diff_indexes(plan, before, entity, table, renamed)
-    for name in old_entities:
-        if name not in new.entities:
-            plan.refused.append(
-                f"entity '{name}' was removed; dropping a table (and its data) is not supported yet: "
-                "put the entity back in the config"
-            )
+    _drop_entities(plan, {n: e for n, e in old_entities.items() if n not in new.entities})
     return plan
+
+
+def _join_table(entity: str, fname: str, fjson: dict) -> tuple[str, str]:
+    """The join table of a stored ``refs`` field and its owner column (as ``tables.join_table`` names them)."""
+    return f"{entity}__{fname}", f"{entity}_id" if fjson["params"].get("to") != entity else "source_id"
+
+
+def _drop_entities(plan: Plan, removed: dict[str, dict]) -> None:
+    """Drop the tables of removed entities: their join tables first, then each table after the removed
+    tables that refer to it. A foreign key between removed tables that closes a cycle is dropped first.
+    (A remaining entity cannot refer to a removed one: the compiler refuses such a config.)"""
+    refs = {name: {f["params"]["to"] for f in e.get("fields", {}).values()
+                   if f.get("type") == "ref" and f["params"].get("to") in removed and f["params"]["to"] != name}
+            for name, e in removed.items()}
+    for name, entity in sorted(removed.items()):
+        for fname, fjson in entity.get("fields", {}).items():
+            if fjson.get("type") == "refs":
+                join = _join_table(name, fname, fjson)[0]
+                plan.steps.append(Step(f"drop table {join} (links of {name}.{fname})", ops.DropTableOp(join)))
+    order: list[str] = []
+    while len(order) < len(removed):
+        # a table no remaining removed table refers to; in a cycle, the first by name, once the keys
+        # referring to it are dropped
+        left = [n for n in sorted(removed) if n not in order]
+        free = [n for n in left if not any(n in refs[other] for other in left if other != n)]
+        name = free[0] if free else left[0]
+        for other in [] if free else left[1:]:
+            for _fname, fjson in sorted(removed[other].get("fields", {}).items()):
+                if name in refs[other] and fjson.get("type") == "ref" and fjson["params"].get("to") == name:
+                    fk = f"fk_{other}_{fjson['column']}_{name}"
+                    plan.steps.append(Step(f"drop foreign key {fk} on {other}", DropCycleForeignKeyOp(fk, other)))
+            refs[other].discard(name)
+        order.append(name)
+        plan.steps.append(Step(f"drop table {name}", ops.DropTableOp(name),
+                               check=LossCheck(f"entity '{name}'", "entity", name, None)))
+
+
+class DropCycleForeignKeyOp(ops.DropConstraintOp):
+    """Drop a foreign key between two tables about to be dropped: a no-op on SQLite (whose migrations
+    run without enforcing foreign keys, and which cannot drop a constraint in place)."""
+
+    def __init__(self, name: str, table_name: str) -> None:
+        super().__init__(name, table_name, type_="foreignkey")
+
+
+@Operations.implementation_for(DropCycleForeignKeyOp)
+def _drop_cycle_foreign_key(operations: Operations, operation: DropCycleForeignKeyOp) -> None:
+    if operations.impl.dialect.supports_alter:
+        operations.drop_constraint(operation.constraint_name, operation.table_name, type_="foreignkey")
 
 
 def _sorted_tables(tables) -> list[sa.Table]:
@@ -300,22 +388,31 @@ def _diff_fields(plan: Plan, name: str, before: dict, entity, table: sa.Table, m
         old_options = [o["value"] for o in old.get("params", {}).get("options", [])]
         new_options = [o["value"] for o in field_.params.get("options", [])]
         removed = [o for o in old_options if o not in new_options]
-        if removed:
-            plan.refused.append(f"options {', '.join(removed)} were removed from {where}; removing options is "
-                                "not supported yet: put them back")
+        if removed and old.get("type") == field_.type:  # a changed type is refused above
+            required.extend(_option_steps(where, field_, table, removed, new_options))
         added = [o for o in new_options if o not in old_options]
         if added:
             plan.notes.append(f"new options for {where}: {', '.join(added)}")
         _diff_rollup(plan, where, old.get("rollup"), field_.rollup.to_json() if field_.rollup else None)
-    for fname in old_fields:
-        if fname not in entity.fields and fname not in renames.values():
-            plan.refused.append(
-                f"field {name}.{fname} was removed; dropping a column (and its data) is not supported yet: "
-                "put the field back in the config"
-            )
+    drops = []  # after the other changes of the table
+    for fname, old in old_fields.items():
+        if fname in entity.fields or fname in renames.values():
+            continue
+        where = f"{name}.{fname}"
+        if old.get("type") == "refs":
+            join, owner = _join_table(name, fname, old)
+            drops.append(Step(f"drop table {join} (links of {where})", ops.DropTableOp(join),
+                              check=LossCheck(where, "field", join, None, "the links of ", key=owner)))
+            continue
+        operations = [ops.DropColumnOp(table.name, old["column"])]
+        if ("ix", (old["column"],)) in _index_signatures({"fields": {fname: old}}):  # batch mode keeps indexes
+            operations.insert(0, ops.DropIndexOp(f"ix_{table.name}_{old['column']}", table_name=table.name))
+        drops.append(Step(f"drop column {table.name}.{old['column']}", ops.ModifyTableOps(table.name, operations),
+                          batch=table.name, check=LossCheck(where, "field", table.name, old["column"],
+                                                            "the values of ")))
     if renamed:
         _rename_columns(plan, manifest, before, entity, table, renamed)
-    plan.steps += required
+    plan.steps += required + drops
     return columns
 
 
@@ -401,12 +498,19 @@ def _backfill_expression(where: str, entity, field_, table: sa.Table, timezone: 
     return run
 
 
-def check_data(plan: Plan, conn: sa.Connection) -> None:
+def check_data(plan: Plan, conn: sa.Connection, *, allow_data_loss: bool = False) -> None:
     """Run the plan's data checks on ``conn`` before anything changes: count the rows each backfill
     fills (its step says how many), and refuse the plan when a column without one would become
-    NOT NULL over rows with no value (the message gives the count and the first ids)."""
+    NOT NULL over rows with no value, or when a drop would lose data and ``allow_data_loss`` is
+    not set (the messages give the count and the first ids)."""
     for i, step in enumerate(plan.steps):
         check = step.check
+        if isinstance(check, LossCheck):
+            _check_loss(plan, i, check, conn, allow_data_loss)
+            continue
+        if isinstance(check, OptionCheck):
+            _check_option(plan, i, check, conn)
+            continue
         if check is None:
             continue
         table = sa.table(check.table, sa.column("id"), *([] if check.new else [sa.column(check.column)]))
@@ -423,6 +527,110 @@ def check_data(plan: Plan, conn: sa.Connection) -> None:
             plan.refused.append(f"{what}, but {_rows(count)} {'has' if count == 1 else 'have'} no value "
                                 f"({'id' if count == 1 else 'ids'} {sample}): add 'default:' or 'backfill:' to fill "
                                 f"{'it' if count == 1 else 'them'}, or fill {'it' if count == 1 else 'them'} first")
+
+
+def _check_loss(plan: Plan, i: int, check: LossCheck, conn: sa.Connection, allowed: bool) -> None:
+    """Count the rows a drop loses data of (see :class:`LossCheck`); the step says how many."""
+    table = sa.table(check.table, sa.column(check.key), *([sa.column(check.column)] if check.column else []))
+    key = table.c[check.key]
+    having = table.c[check.column].is_not(None) if check.column else sa.true()
+    count = conn.execute(sa.select(sa.func.count(sa.distinct(key))).where(having)).scalar_one()
+    step = plan.steps[i]
+    if not count:
+        plan.steps[i] = replace(step, description=f"{step.description} (no row has data to lose)")
+        return
+    loss = f"{check.lost}{_rows(count)}"
+    plan.steps[i] = replace(step, description=f"{step.description} (destructive: loses {loss})")
+    if allowed:
+        return
+    ids = conn.execute(sa.select(key).where(having).distinct().order_by(key).limit(6)).scalars().all()
+    sample = ", ".join(str(row_id) for row_id in ids[:5]) + (" ..." if count > 5 else "")
+    them = "it" if count == 1 else "them"
+    copied = " (the SQLite database is copied first)" if conn.dialect.name == "sqlite" else ""
+    plan.refused.append(f"dropping {check.what} would lose {loss} ({'id' if count == 1 else 'ids'} {sample}): "
+                        f"run 'loom migrate --allow-data-loss' to drop {them}{copied}, "
+                        f"or put the {check.kind} back")
+
+
+def _option_steps(where: str, field_, table: sa.Table, removed: list[str], options: list[str]) -> list[Step]:
+    """Options taken out of an enum field need no DDL (the column is text, or JSON lists for
+    multi_enum; options are checked in Python), but the rows holding one get what ``map:`` says;
+    an option ``map:`` leaves out must be unused (a data check, see :func:`check_data`)."""
+    column = table.c[field_.column]
+    multi = isinstance(column.type, JSONValue)
+    mapping = field_.option_map or {}
+    steps = []
+    for option in removed:
+        check = OptionCheck(where, table.name, column.name, option, multi)
+        if option in mapping:
+            to = mapping[option]
+            steps.append(Step(f"map {where}: {option!r} -> {'null' if to is None else repr(to)}", None,
+                              run=_remap_option(table.name, column, option, to, multi), check=check))
+            continue
+        empty = "" if field_.required else f" (or {{{option}: null}})"
+        fix = f"add map: {{{option}: {options[0]}}}{empty} under the field, or put the option back"
+        steps.append(Step(f"remove option {option!r} of {where}", None, check=replace(check, fix=fix)))
+    return steps
+
+
+def _holding(column: sa.ColumnElement, option: str, multi: bool, dialect: str) -> sa.ColumnElement:
+    """The rows whose ``column`` holds ``option``: equal to it, or a list (multi_enum) containing it."""
+    if not multi:
+        return column == option
+    if dialect == "postgresql":
+        return sa.type_coerce(column, postgresql.JSONB).contains(sa.bindparam(None, [option], type_=postgresql.JSONB))
+    items = sa.func.json_each(column).table_valued("value")
+    return sa.exists(sa.select(1).select_from(items).where(items.c.value == option))
+
+
+def _remap_option(table_name: str, column: sa.Column, option: str, to: str | None,
+                  multi: bool) -> Callable[[sa.Connection], None]:
+    """Give the rows holding ``option`` the value ``to``: one UPDATE; lists are rewritten by id, 500 rows
+    at a time, with ``to`` in the option's place (once) or the option left out. ``version`` and
+    ``updated_at`` stay as they were."""
+    target = sa.table(table_name, sa.column("id"), sa.column(column.name, column.type))
+    value = target.c[column.name]
+
+    def rewritten(items: list[str]) -> list[str]:
+        result = []
+        for item in items:
+            item = to if item == option else item
+            if item is not None and item not in result:
+                result.append(item)
+        return result
+
+    def run(conn: sa.Connection) -> None:
+        holding = _holding(value, option, multi, conn.dialect.name)
+        if not multi:
+            conn.execute(sa.update(target).where(holding).values({column.name: to}))
+            return
+        select = sa.select(target.c.id, value).where(holding).order_by(target.c.id).limit(BACKFILL_PAGE)
+        update = sa.update(target).where(target.c.id == sa.bindparam("row_id")) \
+            .values({column.name: sa.bindparam("v", type_=column.type)})
+        after = None
+        while rows := conn.execute(select if after is None else select.where(target.c.id > after)).all():
+            conn.execute(update, [{"row_id": row_id, "v": rewritten(items)} for row_id, items in rows])
+            after = rows[-1][0]
+    return run
+
+
+def _check_option(plan: Plan, i: int, check: OptionCheck, conn: sa.Connection) -> None:
+    """Count the rows holding an option taken out: ``map:`` changes them (its step says how many), else
+    any such row refuses the plan, with the count and the first ids."""
+    step = plan.steps[i]
+    table = sa.table(check.table, sa.column("id"), sa.column(check.column))
+    holding = _holding(table.c[check.column], check.option, check.multi, conn.dialect.name)
+    count = conn.execute(sa.select(sa.func.count()).select_from(table).where(holding)).scalar_one()
+    if check.fix is None:
+        plan.steps[i] = replace(step, description=f"{step.description} ({_rows(count)})")
+        return
+    holds = "holds" if count == 1 else "hold"
+    plan.steps[i] = replace(step, description=f"{step.description} (data check: {_rows(count)} {holds} it)")
+    if count:
+        ids = conn.execute(sa.select(table.c.id).where(holding).order_by(table.c.id).limit(6)).scalars().all()
+        sample = ", ".join(str(row_id) for row_id in ids[:5]) + (" ..." if count > 5 else "")
+        plan.refused.append(f"option {check.option!r} was removed from {check.where}, but {_rows(count)} {holds} "
+                            f"it ({'id' if count == 1 else 'ids'} {sample}): {check.fix}")
 
 
 def _renames(plan: Plan, name: str, old_fields: dict, entity) -> dict[str, str]:
@@ -556,6 +764,7 @@ def _index_signatures(entity_json: dict) -> set[tuple[str, tuple[str, ...]]]:
 def _diff_indexes(plan: Plan, before: dict, entity, table: sa.Table, renamed: dict[str, str]) -> None:
     """New indexes and unique constraints; ``renamed`` (``{old column: new}``) were renamed with their column."""
     old = {(kind, tuple(renamed.get(c, c) for c in cols)) for kind, cols in _index_signatures(before)}
+    old = {(kind, cols) for kind, cols in old if set(cols) <= set(table.c.keys())}  # others go with their column
     new = _index_signatures(entity.to_json())
     for kind, cols in sorted(new - old):
         if kind == "uq":

@@ -283,7 +283,7 @@ class DateTimeType(DateType):
 
 class EnumType(FieldType):
     name = "enum"
-    options = frozenset({"options"})
+    options = frozenset({"options", "map"})
     filter_ops = frozenset({"eq", "ne", "in", "isnull"})
 
     def params(self, spec, app):

@@ -69,6 +69,10 @@ class FieldSpec(SpecModel):
     scale: int | None = Field(None, ge=0, le=38, description="decimal/money: digits after the point.")
     currency: str | None = Field(None, description="money: ISO 4217 code, e.g. EUR.")
     options: list[str | OptionSpec] | None = Field(None, description="enum/multi_enum: the choices.")
+    map: dict[str, str | None] | None = Field(
+        None, description="enum/multi_enum: what stored values of options taken out of `options` become, old "
+        "value -> current option, or null to empty them (`{cold: warm, lukewarm: null}`); a value renamed is "
+        "removed and added with `map: {old: new}`. Used by `loom migrate` only; harmless once applied.")
     to: str | None = Field(None, description="ref/refs: the target entity.")
     on_delete: Literal["restrict", "cascade", "set_null"] | None = Field(
         None, description="ref: what happens to this record when the target is deleted."

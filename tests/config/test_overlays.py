@@ -421,7 +421,7 @@ def test_errors_in_overlay_values_point_at_the_overlay_and_in_base_values_at_the
             hint: remove it, or add it to app.locales (the app's locales: en, zh)
         entities.yaml:5:36 E127 default '42x' of field 'account.phone' is not a phone number (write it with its country code, e.g. +49 30 1234567)
         entities.yaml:6:16 E126 option 'max_length' does not apply to enum field 'account.rating'
-            hint: enum fields take: backfill, compute, default, default_expr, help, indexed, label, options, read_only, renamed_from, required, rollup, unique
+            hint: enum fields take: backfill, compute, default, default_expr, help, indexed, label, map, options, read_only, renamed_from, required, rollup, unique
         entities.yaml:7:20 E120 unknown field type 'integr'
             hint: did you mean 'integer'?
         entities.yaml:10:32 E124 field 'installation.account' refers to entity 'acount', which does not exist
