@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import textwrap
 
-__all__ = ["make_loom", "project_files", "compile_files", "config_errors", "api_token", "loom_app", "loom_client"]
+__all__ = ["make_loom", "project_files", "compile_files", "config_errors", "api_token", "sql_rows", "table_names",
+           "loom_app", "loom_client"]
 
 
 def project_files(entities_yaml: str, *, app: str = "app: {name: Test CRM, locales: [en, zh]}",
@@ -57,6 +58,32 @@ def make_loom(files: dict[str, str], database_url: str, *, plugins: list | None 
     if migrate:
         migrate_manifest(manifest, database_url=database_url)
     return Loom.from_manifest(manifest, pm, database_url=database_url)
+
+
+def sql_rows(url: str, sql: str) -> list[tuple]:
+    """The rows a plain SQL query gives on the database at ``url`` (to compare data before and after a
+    migration, below Loom's own API)."""
+    from .database import create_db_engine
+
+    engine = create_db_engine(url)
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.exec_driver_sql(sql)]
+    finally:
+        engine.dispose()
+
+
+def table_names(url: str) -> set[str]:
+    """The tables of the database at ``url``."""
+    import sqlalchemy as sa
+
+    from .database import create_db_engine
+
+    engine = create_db_engine(url)
+    try:
+        return set(sa.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
 
 
 def api_token(loom, username: str = "tester", roles: list[str] | None = None) -> str:

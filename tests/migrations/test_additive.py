@@ -12,7 +12,8 @@ from loomcrm.engine.compiler import compile_manifest
 from loomcrm.engine.database import create_db_engine
 from loomcrm.engine.loader import load_config_text
 from loomcrm.engine.plugins import make_plugin_manager
-from loomcrm.engine.testing import project_files
+from loomcrm.engine.testing import project_files, table_names
+from loomcrm.engine.testing import sql_rows as rows
 from loomcrm.generators.migrations import plan_migration, render_sql
 
 PHASE1 = """
@@ -44,23 +45,6 @@ entities:
 def manifest_of(entities_yaml: str):
     loaded = load_config_text(project_files(entities_yaml))
     return compile_manifest(loaded, make_plugin_manager())
-
-
-def table_names(url: str) -> set[str]:
-    engine = create_db_engine(url)
-    try:
-        return set(sa.inspect(engine).get_table_names())
-    finally:
-        engine.dispose()
-
-
-def rows(url: str, sql: str) -> list[tuple]:
-    engine = create_db_engine(url)
-    try:
-        with engine.connect() as conn:
-            return [tuple(r) for r in conn.exec_driver_sql(sql)]
-    finally:
-        engine.dispose()
 
 
 def test_initial_migration_creates_tables_and_records_the_manifest(db_url):

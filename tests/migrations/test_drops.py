@@ -15,6 +15,7 @@ from loomcrm.engine.loader import load_config_text
 from loomcrm.engine.plugins import make_plugin_manager
 from loomcrm.engine.runtime.context import Context
 from loomcrm.engine.testing import project_files
+from loomcrm.engine.testing import sql_rows as rows
 from loomcrm.generators.migrations import plan_migration
 
 FAX = "      fax: {type: string, indexed: true}\n"
@@ -42,15 +43,6 @@ LEADS = "SELECT id, title, account_id FROM lead ORDER BY id"
 
 def manifest_of(entities_yaml: str):
     return compile_manifest(load_config_text(project_files(entities_yaml)), make_plugin_manager())
-
-
-def rows(url: str, sql: str) -> list[tuple]:
-    engine = create_db_engine(url)
-    try:
-        with engine.connect() as conn:
-            return [tuple(r) for r in conn.exec_driver_sql(sql)]
-    finally:
-        engine.dispose()
 
 
 def schema(url: str) -> dict[str, list[str]]:

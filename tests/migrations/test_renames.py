@@ -11,6 +11,7 @@ from loomcrm.engine.commands import MigrationRefused, applied_manifest, migrate_
 from loomcrm.engine.database import create_db_engine
 from loomcrm.engine.runtime.context import Context
 from loomcrm.engine.testing import api_token, compile_files, config_errors, make_loom, project_files
+from loomcrm.engine.testing import sql_rows as rows
 from loomcrm.generators.migrations import plan_migration, render_sql
 
 BEFORE = """
@@ -45,15 +46,6 @@ def with_field(entities_yaml: str, field_yaml: str) -> str:
 
 def manifest_of(entities_yaml: str):
     return compile_files(project_files(entities_yaml))
-
-
-def rows(url: str, sql: str) -> list[tuple]:
-    engine = create_db_engine(url)
-    try:
-        with engine.connect() as conn:
-            return [tuple(r) for r in conn.exec_driver_sql(sql)]
-    finally:
-        engine.dispose()
 
 
 def errors_of(response) -> dict[str, str]:

@@ -15,6 +15,7 @@ from loomcrm.engine.loader import load_config_text
 from loomcrm.engine.plugins import make_plugin_manager
 from loomcrm.engine.runtime.context import Context
 from loomcrm.engine.testing import project_files
+from loomcrm.engine.testing import sql_rows as rows
 from loomcrm.generators.migrations import plan_migration, render_sql
 
 BASE = """
@@ -35,15 +36,6 @@ def manifest_of(entities_yaml: str):
 
 def changed(industry: str) -> str:
     return BASE.replace(INDUSTRY, f"industry: {industry}")
-
-
-def rows(url: str, sql: str) -> list[tuple]:
-    engine = create_db_engine(url)
-    try:
-        with engine.connect() as conn:
-            return [tuple(r) for r in conn.exec_driver_sql(sql)]
-    finally:
-        engine.dispose()
 
 
 def nullable(url: str, column: str) -> bool:
