@@ -492,7 +492,7 @@ def _backfill_expression(where: str, entity, field_, table: sa.Table, timezone: 
             after = rows[-1][0]
         if failed:
             more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
-            raise BackfillFailed(f"backfill of {where} (\"{expression.text}\") failed for {len(failed)} rows: "
+            raise BackfillFailed(f"backfill of {where} (\"{expression.text}\") failed for {_rows(len(failed))}: "
                                  f"{'; '.join(failed[:5])}{more}: change 'backfill:' so it gives every row a "
                                  "value that fits, or fill those rows first; nothing was changed")
     return run

@@ -157,7 +157,7 @@ def test_a_backfill_value_the_field_cannot_hold_fails_naming_the_row(populated):
     with pytest.raises(MigrationRefused) as info:
         migrate_manifest(manifest, database_url=populated)
     [reason] = info.value.plan.refused
-    assert "backfill of account.code" in reason and "failed for 1 rows: id 7:" in reason
+    assert "backfill of account.code" in reason and "failed for 1 row: id 7:" in reason
     assert rows(populated, SELECT) == before
     assert "code" not in {c["name"] for c in sa.inspect(create_db_engine(populated)).get_columns("account")}
 
