@@ -79,6 +79,12 @@ def plan(project: str | os.PathLike, *, database_url: str | None = None,
     """What ``migrate`` would do, without changing anything; a drop that loses data is refused unless
     ``allow_data_loss``."""
     manifest, _ = compile_project(project)
+    return plan_manifest(manifest, database_url=database_url, allow_data_loss=allow_data_loss)
+
+
+def plan_manifest(manifest: Manifest, *, database_url: str | None = None,
+                  allow_data_loss: bool = False) -> PlannedMigration:
+    """:func:`plan` for a compiled manifest: the plan against the database, its data checks run."""
     url = database_url or manifest.database_url
     if _missing_sqlite_file(url):  # planning is read-only: do not create the file by connecting
         return PlannedMigration(manifest, plan_migration(None, manifest, has_migrations_table=False), "sqlite")

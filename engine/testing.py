@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import textwrap
 
-__all__ = ["make_loom", "project_files", "compile_files", "config_errors", "api_token", "sql_rows", "table_names",
+__all__ = ["make_loom", "project_files", "compile_files", "compile_entities", "config_errors", "api_token", "sql_rows", "table_names",
            "loom_app", "loom_client"]
 
 
@@ -36,6 +36,11 @@ def _compiled(files: dict[str, str], plugins: list | None):
     pm = make_plugin_manager([*loaded.project.plugins, *(plugins or [])])
     loaded = with_contributions(loaded, pm, lambda contributions: load_config_text(files, contributions=contributions))
     return compile_manifest(loaded, pm), pm
+
+
+def compile_entities(entities_yaml: str):
+    """The Manifest of a minimal project holding ``entities_yaml`` (see :func:`project_files`)."""
+    return compile_files(project_files(entities_yaml))
 
 
 def config_errors(files: dict[str, str], **kwargs) -> str:

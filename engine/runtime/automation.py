@@ -56,7 +56,6 @@ class Flow:
         for automation in manifest.automations.values():
             for event in automation.on:
                 self.automations.setdefault((automation.entity, event), []).append(automation)
-        self.webhooks = bool(manifest.webhooks)
 
     # --- before the write ------------------------------------------------------------------------------
     def start(self, entity: Entity, values: dict) -> None:

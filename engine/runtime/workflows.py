@@ -40,8 +40,9 @@ class Transitions:
         found = self.of(entity).get(name)
         if found is None:
             names = list(self.of(entity))
+            close = did_you_mean(name, names)
             raise Problem(404, "Not found", detail=f"{entity.name} has no transition '{name}'"
-                          + (f" ({did_you_mean(name, names)})" if did_you_mean(name, names) else "")
+                          + (f" ({close})" if close else "")
                           + (f"; its transitions: {', '.join(names)}" if names else ""))
         return found
 

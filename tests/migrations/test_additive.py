@@ -8,12 +8,11 @@ import pytest
 import sqlalchemy as sa
 
 from loomcrm.engine.commands import MigrationRefused, applied_manifest, migrate_manifest
-from loomcrm.engine.compiler import compile_manifest
 from loomcrm.engine.database import create_db_engine
-from loomcrm.engine.loader import load_config_text
 from loomcrm.engine.plugins import make_plugin_manager
-from loomcrm.engine.testing import project_files, table_names
+from loomcrm.engine.testing import compile_entities as manifest_of
 from loomcrm.engine.testing import sql_rows as rows
+from loomcrm.engine.testing import table_names
 from loomcrm.generators.migrations import plan_migration, render_sql
 
 PHASE1 = """
@@ -40,11 +39,6 @@ entities:
     fields:
       name: {type: string, required: true}
 """
-
-
-def manifest_of(entities_yaml: str):
-    loaded = load_config_text(project_files(entities_yaml))
-    return compile_manifest(loaded, make_plugin_manager())
 
 
 def test_initial_migration_creates_tables_and_records_the_manifest(db_url):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from loomcrm.engine.commands import applied_manifest
+from loomcrm.engine.commands import plan_manifest
 from loomcrm.engine.database import create_db_engine
 from loomcrm.engine.errors import Problem
 from loomcrm.engine.runtime.context import Context
-from loomcrm.engine.testing import compile_files, make_loom, project_files
+from loomcrm.engine.testing import compile_entities, compile_files, make_loom, project_files
 from loomcrm.generators.migrations import plan_migration, render_sql
 
 CYCLE = """
@@ -54,13 +54,7 @@ entities:
 
 
 def current_plan(url: str, entities_yaml: str):
-    engine = create_db_engine(url)
-    try:
-        with engine.connect() as conn:
-            old, _ = applied_manifest(conn)
-    finally:
-        engine.dispose()
-    return plan_migration(old, compile_files(project_files(entities_yaml)))
+    return plan_manifest(compile_entities(entities_yaml), database_url=url).plan
 
 
 def test_a_cycle_is_created_from_nothing_with_the_closing_key_added_afterwards(db_url):

@@ -9,11 +9,10 @@ import sqlalchemy as sa
 from loomcrm.engine.app import Loom
 from loomcrm.engine.cli import main
 from loomcrm.engine.commands import MigrationRefused, applied_manifest, migrate_manifest
-from loomcrm.engine.compiler import compile_manifest
 from loomcrm.engine.database import create_db_engine
-from loomcrm.engine.loader import load_config_text
 from loomcrm.engine.plugins import make_plugin_manager
 from loomcrm.engine.runtime.context import Context
+from loomcrm.engine.testing import compile_entities as manifest_of
 from loomcrm.engine.testing import project_files
 from loomcrm.engine.testing import sql_rows as rows
 from loomcrm.generators.migrations import plan_migration
@@ -39,10 +38,6 @@ entities:
 FAX_IDS = [i for i in range(1, 21) if i % 3 == 2]  # 2, 5, 8, ...: 7 of 20 accounts have a fax
 SELECT = "SELECT id, name, parent_id, version, created_at, updated_at FROM account ORDER BY id"
 LEADS = "SELECT id, title, account_id FROM lead ORDER BY id"
-
-
-def manifest_of(entities_yaml: str):
-    return compile_manifest(load_config_text(project_files(entities_yaml)), make_plugin_manager())
 
 
 def schema(url: str) -> dict[str, list[str]]:

@@ -9,12 +9,11 @@ import pytest
 
 from loomcrm.engine.app import Loom
 from loomcrm.engine.commands import MigrationRefused, applied_manifest, migrate_manifest, plan
-from loomcrm.engine.compiler import compile_manifest
 from loomcrm.engine.database import create_db_engine
 from loomcrm.engine.errors import ConfigErrors
-from loomcrm.engine.loader import load_config_text
 from loomcrm.engine.plugins import make_plugin_manager
 from loomcrm.engine.runtime.context import Context
+from loomcrm.engine.testing import compile_entities as manifest_of
 from loomcrm.engine.testing import project_files
 from loomcrm.generators.migrations import plan_migration, render_sql
 
@@ -40,10 +39,6 @@ def changed(rating: str | None = None, tags: str | None = None) -> str:
     if tags is not None:
         yaml = yaml.replace(TAGS, f"tags: {tags}")
     return yaml
-
-
-def manifest_of(entities_yaml: str):
-    return compile_manifest(load_config_text(project_files(entities_yaml)), make_plugin_manager())
 
 
 def history_count(url: str) -> int:

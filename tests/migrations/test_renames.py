@@ -7,10 +7,17 @@ import pytest
 import sqlalchemy as sa
 from litestar.testing import TestClient
 
-from loomcrm.engine.commands import MigrationRefused, applied_manifest, migrate_manifest
+from loomcrm.engine.commands import MigrationRefused, migrate_manifest, plan_manifest
 from loomcrm.engine.database import create_db_engine
 from loomcrm.engine.runtime.context import Context
-from loomcrm.engine.testing import api_token, compile_files, config_errors, make_loom, project_files
+from loomcrm.engine.testing import (
+    api_token,
+    compile_entities,
+    config_errors,
+    make_loom,
+    project_files,
+)
+from loomcrm.engine.testing import compile_entities as manifest_of
 from loomcrm.engine.testing import sql_rows as rows
 from loomcrm.generators.migrations import plan_migration, render_sql
 
@@ -44,23 +51,13 @@ def with_field(entities_yaml: str, field_yaml: str) -> str:
     return entities_yaml.replace("      notes: {type: text}\n", f"      notes: {{type: text}}\n      {field_yaml}\n")
 
 
-def manifest_of(entities_yaml: str):
-    return compile_files(project_files(entities_yaml))
-
-
 def errors_of(response) -> dict[str, str]:
     assert response.status_code == 422, response.text
     return {e["field"]: e["code"] for e in response.json()["errors"]}
 
 
 def current_plan(url: str, entities_yaml: str):
-    engine = create_db_engine(url)
-    try:
-        with engine.connect() as conn:
-            old, _ = applied_manifest(conn)
-    finally:
-        engine.dispose()
-    return plan_migration(old, manifest_of(entities_yaml))
+    return plan_manifest(compile_entities(entities_yaml), database_url=url).plan
 
 
 def schema_names(url: str) -> set[str]:

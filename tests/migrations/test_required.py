@@ -8,12 +8,11 @@ import sqlalchemy as sa
 
 from loomcrm.engine.app import Loom
 from loomcrm.engine.commands import MigrationRefused, migrate_manifest, plan
-from loomcrm.engine.compiler import compile_manifest
 from loomcrm.engine.database import create_db_engine
 from loomcrm.engine.errors import ConfigErrors
-from loomcrm.engine.loader import load_config_text
 from loomcrm.engine.plugins import make_plugin_manager
 from loomcrm.engine.runtime.context import Context
+from loomcrm.engine.testing import compile_entities as manifest_of
 from loomcrm.engine.testing import project_files
 from loomcrm.engine.testing import sql_rows as rows
 from loomcrm.generators.migrations import plan_migration, render_sql
@@ -28,10 +27,6 @@ entities:
 """
 INDUSTRY = "industry: {type: string}"
 NULL_IDS = [i for i in range(1, 31) if i % 3 == 0]  # 10 of 30 rows have no industry
-
-
-def manifest_of(entities_yaml: str):
-    return compile_manifest(load_config_text(project_files(entities_yaml)), make_plugin_manager())
 
 
 def changed(industry: str) -> str:
