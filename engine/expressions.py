@@ -29,7 +29,7 @@ from lark import Token, Tree
 from .errors import did_you_mean
 from .manifest import Entity
 
-__all__ = ["Expression", "ExpressionError", "all_of", "compile_expression", "context", "reads_of", "cel_value",
+__all__ = ["Expression", "ExpressionError", "all_of", "bind", "compile_expression", "context", "layout", "reads_of", "cel_value",
            "VARIABLES"]
 
 VARIABLES = ("record", "old", "user", "now", "today")
@@ -90,22 +90,38 @@ def reads_of(expressions) -> dict[str, frozenset[str]]:
 def context(reads: Mapping[str, frozenset[str]], values: Mapping[str, Any]) -> cel.Context:
     """A CEL context holding only what ``reads`` names: of ``record``, ``old`` and ``user`` only the
     fields read (``values`` holds them as plain mappings of Python values), converted once, as the
-    flat variables ``record__f`` compiled expressions read (and as maps where one needs the map)."""
-    variables: dict[str, Any] = {}
+    flat variables ``record__f`` compiled expressions read (and as maps where one needs the map).
+    Code that builds contexts for the same ``reads`` over and over works out the :func:`layout` once
+    and calls :func:`bind`."""
+    return bind(layout(reads), values)
+
+
+def layout(reads: Mapping[str, frozenset[str]]) -> tuple:
+    """How to build a context for ``reads``: per variable, its name, the record fields read with the
+    flat variable each becomes (None for ``now``, ``today``), and whether it must also be a map."""
     maps = reads.get(MAPS, ())
-    for name, fields in reads.items():
-        if name == MAPS:
-            continue
+    return tuple((name, tuple((f, f"{name}__{f}") for f in sorted(fields)) if name in RECORDS else None, name in maps)
+                 for name, fields in reads.items() if name != MAPS)
+
+
+def bind(plan: tuple, values: Mapping[str, Any]) -> cel.Context:
+    """The CEL context :func:`context` describes, from a :func:`layout`."""
+    variables: dict[str, Any] = {}
+    for name, fields, as_map in plan:
         value = values.get(name)
-        if name in RECORDS:
-            value = value or {}
-            converted = {f: cel_value(value.get(f)) for f in fields}
-            variables.update((f"{name}__{f}", v) for f, v in converted.items())
-            if name in maps:
-                variables[name] = converted
-        else:
+        if fields is None:
             variables[name] = cel_value(value)
+            continue
+        value = value or {}
+        for f, flat in fields:
+            item = value.get(f)
+            variables[flat] = item if type(item) in _AS_IS else cel_value(item)
+        if as_map:
+            variables[name] = {f: variables[flat] for f, flat in fields}
     return cel.Context(variables)
+
+
+_AS_IS = frozenset({str, int, float, bool, type(None)})
 
 
 def compile_expression(text: str, entity: Entity, user: Entity) -> Expression:

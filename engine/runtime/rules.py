@@ -12,7 +12,7 @@ from typing import Any
 
 from ..actions import to_field_value
 from ..errors import Problem
-from ..expressions import MAPS, all_of, context, reads_of
+from ..expressions import MAPS, all_of, bind, layout, reads_of
 from ..fieldtypes import FieldValueError
 from ..manifest import Entity, Manifest, text_for
 from .context import Context, zone
@@ -40,7 +40,8 @@ class RecordRules:
         self._batches: dict[str, Any] = {}  # entity -> one CEL program checking all its rules
 
     def _plan(self, entity: Entity) -> tuple:
-        """``(computed fields, what they and the rules read, one program for them all or None)``: one
+        """``(computed fields, what they and the rules read, one program for them all or None, the
+        context's layout)``: one
         CEL context serves both. When no expression reads a computed field, one program computes the
         fields and checks the rules in a single evaluation (crossing into CEL costs more than evaluating)."""
         plan = self._plans.get(entity.name)
@@ -52,11 +53,11 @@ class RecordRules:
                 not any(f.name in reads.get("record", ()) for f in computed)
             batch = all_of([(None, f.compute) for f in computed] + [(r.when, r.check) for r in entity.rules]) \
                 if independent else None
-            plan = self._plans[entity.name] = (computed, reads, batch)
+            plan = self._plans[entity.name] = (computed, reads, batch, layout(reads))
         return plan
 
-    def _context(self, ctx: Context, reads: dict, record: dict, old: dict | None):
-        return context(reads, {"record": record, "old": old, "now": ctx.now,
+    def _context(self, ctx: Context, reads: dict, shape: tuple, record: dict, old: dict | None):
+        return bind(shape, {"record": record, "old": old, "now": ctx.now,
                                "today": self._today(ctx) if "today" in reads else None,
                                "user": self.cel_user(ctx) if "user" in reads else None})
 
@@ -66,13 +67,13 @@ class RecordRules:
         context serves them all, rebuilt only after a value that a later computation (or a rule) reads.
         Returns what :meth:`errors` can reuse: the context when it still holds the record as computed,
         and whether every rule passed when one program did it all."""
-        computed, reads, batch = self._plan(entity)
+        computed, reads, batch, shape = self._plan(entity)
         if not computed:
             return None
         record, variables, errors, passed = dict(record), None, [], None
         results = None
         if batch is not None:
-            variables = self._context(ctx, reads, record, old)
+            variables = self._context(ctx, reads, shape, record, old)
             try:
                 results = batch.execute(variables)
                 passed = all(verdict is True for verdict in results[len(computed):])
@@ -80,7 +81,7 @@ class RecordRules:
                 results = None
         for i, field in enumerate(computed):
             if variables is None:
-                variables = self._context(ctx, reads, record, old)
+                variables = self._context(ctx, reads, shape, record, old)
             try:
                 result = results[i] if results is not None else field.compute.evaluate(variables)
                 value = to_field_value(field, result, self.manifest.timezone)
@@ -104,14 +105,14 @@ class RecordRules:
         through the field's type as input would: a timestamp becomes a date in the app's time zone
         for a date field, a double is rounded to a decimal's scale. A value that cannot be worked
         out or does not fit is a 422 naming the field (``default_error``, or the type's code)."""
-        defaulted, reads = self._default_plan(entity)
+        defaulted, reads, shape = self._default_plan(entity)
         fields = [f for f in defaulted if f.name not in values]
         if not fields:
             return
         errors, variables = [], None
         for field in fields:
             if variables is None:
-                variables = self._context(ctx, reads, values, None)
+                variables = self._context(ctx, reads, shape, values, None)
             try:
                 values[field.name] = to_field_value(field, field.default_expr.evaluate(variables),
                                                     self.manifest.timezone)
@@ -125,13 +126,14 @@ class RecordRules:
         if errors:
             raise Problem(422, "Validation failed", errors=errors)
 
-    def _default_plan(self, entity: Entity) -> tuple[list, dict]:
-        """``(fields with a default_expr, what they all read)``: a create that gives some of them
+    def _default_plan(self, entity: Entity) -> tuple[list, dict, tuple]:
+        """``(fields with a default_expr, what they all read, the context's layout)``: a create that gives some of them
         converts a value or two more for CEL than it needs, which costs less than working it out."""
         plan = self._defaults.get(entity.name)
         if plan is None:
             fields = [f for f in entity.user_fields if f.default_expr]
-            plan = self._defaults[entity.name] = (fields, reads_of(f.default_expr for f in fields))
+            reads = reads_of(f.default_expr for f in fields)
+            plan = self._defaults[entity.name] = (fields, reads, layout(reads))
         return plan
 
     def _today(self, ctx: Context) -> str:
@@ -147,7 +149,8 @@ class RecordRules:
             return []
         variables = evaluated.variables if evaluated is not None else None
         if variables is None:
-            variables = self._context(ctx, self._plan(entity)[1], record, old)
+            _, reads, _, shape = self._plan(entity)
+            variables = self._context(ctx, reads, shape, record, old)
         batch = self._batches.get(entity.name)
         if batch is None:
             batch = self._batches[entity.name] = all_of([(rule.when, rule.check) for rule in entity.rules])
