@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import itertools
+from collections.abc import Callable
 
 import sqlalchemy as sa
 from alembic.migration import MigrationContext
@@ -32,7 +33,7 @@ def render_sql(steps: list[Step], dialect_name: str) -> str:
 
 def _invoke(operations: Operations, steps: list[Step], dialect_name: str) -> None:
     offline = operations.migration_context.as_sql
-    for table, group in itertools.groupby(steps, key=lambda s: s.batch if dialect_name == "sqlite" else None):
+    for (table, _), group in itertools.groupby(steps, key=_batches(dialect_name)):
         if table and offline:
             operations.impl.static_output(f"-- copy table {table} (SQLite batch mode) to: "
                                           + "; ".join(step.description for step in group))
@@ -52,6 +53,21 @@ def _invoke(operations: Operations, steps: list[Step], dialect_name: str) -> Non
                     step.run(operations.migration_context.connection)
                 for operation in _operations(step):
                     operations.invoke(operation)
+
+
+def _batches(dialect_name: str) -> Callable[[Step], tuple[str | None, int]]:
+    """The key grouping consecutive steps into one SQLite table copy: the table, and a count of the
+    copies closed so far (see ``Step.closes_batch``)."""
+    closed = 0
+
+    def key(step: Step) -> tuple[str | None, int]:
+        nonlocal closed
+        if dialect_name != "sqlite":
+            return None, 0
+        group = (step.batch, closed)
+        closed += step.closes_batch
+        return group
+    return key
 
 
 def _operations(step: Step) -> list[ops.MigrateOperation]:

@@ -20,10 +20,13 @@ from .refs import REF_CHANGES, ref_steps
 from .steps import BACKFILL_PAGE, SCHEMA_ATTRS, SCHEMA_PARAMS, Plan, Step, n_rows
 
 
-def diff_fields(plan: Plan, name: str, before: dict, entity, table: sa.Table, manifest: Manifest) -> dict[str, str]:
-    """Field by field: new columns, renames, and the changes this version refuses.
+def diff_fields(plan: Plan, name: str, before: dict, entity, table: sa.Table,
+                manifest: Manifest) -> dict[str, str | None]:
+    """Field by field: new columns, renames, conversions, required on and off, options, drops.
 
-    Returns the renamed columns, ``{old: new}``, so indexes are compared under their new names.
+    Returns the renamed columns, ``{old: new}``, so indexes are compared under their new names, and
+    the columns a type change replaces, ``{column: None}``: their indexes and constraints go with the
+    old column and are created again on the new one.
     """
     old_fields = before.get("fields", {})
     renames = _renames(plan, name, old_fields, entity)
@@ -56,6 +59,13 @@ def diff_fields(plan: Plan, name: str, before: dict, entity, table: sa.Table, ma
             continue
         changed = [a for a in SCHEMA_ATTRS if old.get(a) != getattr(field_, a)
                    and not (a == "column" and fname in renames)]
+        changed += [p for p in SCHEMA_PARAMS if old.get("params", {}).get(p) != field_.params.get(p)]
+        if set(changed) & set(CONVERSIONS):
+            required.extend(conversion_steps(plan, where, old, field_, table, before, manifest))
+            if "type" in changed:  # the new column gets its constraints and indexes again (diff_indexes)
+                columns[old["column"]] = None
+                _diff_rollup(plan, where, old.get("rollup"), field_.rollup.to_json() if field_.rollup else None)
+                continue
         if "required" in changed and field_.column is not None and fname not in renames:
             changed.remove("required")
             if field_.required:
@@ -66,11 +76,8 @@ def diff_fields(plan: Plan, name: str, before: dict, entity, table: sa.Table, ma
                                      ops.AlterColumnOp(table.name, column.name, modify_nullable=True,
                                                        existing_type=column.type, existing_nullable=False),
                                      batch=table.name))
-        changed += [p for p in SCHEMA_PARAMS if old.get("params", {}).get(p) != field_.params.get(p)]
         if "unique" in changed:  # a unique constraint added or dropped: see diff_indexes
             changed.remove("unique")
-        if set(changed) & set(CONVERSIONS):
-            required.extend(conversion_steps(plan, where, old, field_, table, manifest))
         if set(changed) & set(REF_CHANGES):
             required.extend(ref_steps(plan, where, old, field_, table, manifest))
         old_options = [o["value"] for o in old.get("params", {}).get("options", [])]

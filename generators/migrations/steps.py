@@ -25,7 +25,9 @@ class Step:
     consecutive steps on one table share one copy. ``operation`` may be an ``ops.ModifyTableOps``:
     operations applied together (dropping an index by its old name, creating it by its new one).
     ``run`` is Python the step runs instead, on the migration's connection (backfills); ``check`` is
-    the data check :func:`check_data` runs for it before anything changes.
+    the data check :func:`check_data` runs for it before anything changes. ``closes_batch``: the copy
+    ends with this step, so the next batch steps see its result (alembic cannot add a constraint on a
+    column renamed in the same copy).
     """
 
     description: str
@@ -33,6 +35,7 @@ class Step:
     batch: str | None = None
     run: Callable[[sa.Connection], None] | None = None
     check: Any = None  # a data check (see .checks), run before anything changes
+    closes_batch: bool = False
 
 
 @dataclass

@@ -93,9 +93,9 @@ def test_plan_then_migrate_then_plan_again(capsys, project):
 def test_refused_plan_exits_1_and_migrate_changes_nothing(capsys, project):
     run(capsys, "-p", project, "migrate")
     (project / "entities" / "lead.yaml").write_text(
-        "entities:\n  lead:\n    fields:\n      name: {type: text, required: true}\n")
+        "entities:\n  lead:\n    fields:\n      name: {type: json, required: true}\n")
     code, out, _ = run(capsys, "-p", project, "plan")
-    assert code == 1 and "refused: field lead.name changed type" in out
+    assert code == 1 and "refused: lead.name changes type string -> json, which Loom cannot convert" in out
     code, _, err = run(capsys, "-p", project, "migrate")
     assert code == 1 and "Nothing was changed." in err
 
