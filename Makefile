@@ -49,6 +49,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/api.py
 	$(BIN)/python bench/security.py
 	$(BIN)/python bench/rules.py
+	$(BIN)/python bench/migrate.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info examples/*/*.db*
+	rm -rf $(VENV) build *.egg-info examples/*/*.db* examples/*/*/*.db* examples/*/*/*.bak

@@ -6,6 +6,7 @@ Each takes the project path (a directory holding loom.yaml, or the file itself).
 from __future__ import annotations
 
 import datetime as dt
+import getpass
 import importlib.util
 import json
 import os
@@ -237,7 +238,7 @@ def _refresh_rollups(conn: sa.Connection, manifest: Manifest, the_plan: Plan) ->
 def _record(conn: sa.Connection, manifest: Manifest, the_plan: Plan, applied_by: str | None) -> None:
     table = migrations_table(sa.MetaData())
     conn.execute(table.insert().values(
-        applied_at=utcnow(), applied_by=applied_by or os.environ.get("USER"), manifest_hash=manifest.hash(),
+        applied_at=utcnow(), applied_by=applied_by or _login(), manifest_hash=manifest.hash(),
         manifest=json.dumps(manifest.to_json(), ensure_ascii=False, sort_keys=True),
         summary=the_plan.summary(), loom_version=LOOM_VERSION,
     ))
@@ -321,3 +322,11 @@ def openapi(project: str | os.PathLike) -> dict[str, Any]:
         return loom.asgi().openapi_schema.to_schema()
     finally:
         loom.close()
+
+
+def _login() -> str | None:
+    """Who runs ``loom migrate``: the login name (``$USER``, ``$LOGNAME``, else the account), for history."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no such variable and no account entry (a bare container)
+        return None
