@@ -89,6 +89,7 @@ def diff_fields(plan: Plan, name: str, before: dict, entity, table: sa.Table,
         if added:
             plan.notes.append(f"new options for {where}: {', '.join(added)}")
         _diff_rollup(plan, where, old.get("rollup"), field_.rollup.to_json() if field_.rollup else None)
+        _diff_default(plan, where, old, field_)
     drops = []  # after the other changes of the table
     for fname, old in old_fields.items():
         if fname in entity.fields or fname in renames.values():
@@ -338,6 +339,17 @@ def _rename_columns(plan: Plan, manifest: Manifest, before: dict, entity, table:
                             ops.ModifyTableOps(table.name, [ops.DropIndexOp(item.name, table_name=table.name),
                                                             ops.CreateIndexOp.from_index(new_item)])))
     plan.steps += constraints + indexes
+
+
+def _diff_default(plan: Plan, where: str, old: dict, field_: Any) -> None:
+    """A changed ``default:`` needs no DDL (Loom applies defaults when records are created): new
+    records get the new one, existing rows keep their values; the note says so."""
+    now = field_.to_json()
+    before = (old.get("default"), old.get("dynamic_default"))
+    after = (now.get("default"), now.get("dynamic_default"))
+    if before != after:
+        shown = after[1] or (repr(after[0]) if after[0] is not None else "none")
+        plan.notes.append(f"default of {where} is now {shown}: new records get it, existing rows keep their values")
 
 
 def _diff_rollup(plan: Plan, where: str, old: dict | None, new: dict | None) -> None:

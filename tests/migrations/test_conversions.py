@@ -320,3 +320,11 @@ def test_dates_become_midnight_in_the_app_time_zone_and_timestamps_their_local_d
     assert to_integer(decimal.Decimal("12.00")) == 12
     with pytest.raises(FieldValueError, match="has decimal places"):
         to_integer(decimal.Decimal("12.50"))
+
+
+def test_a_new_default_is_a_note_and_existing_rows_keep_their_values(populated):
+    before = rows(populated, select("rating"))
+    the_plan = migrate_manifest(manifest_of(config(rating="{type: integer, default: 3}")), database_url=populated)
+    assert the_plan.notes == ["default of account.rating is now 3: new records get it, existing rows keep their values"]
+    assert not the_plan.steps and rows(populated, select("rating")) == before
+    assert history_count(populated) == 2
