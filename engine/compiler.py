@@ -105,7 +105,9 @@ def compile_manifest(loaded: LoadedConfig, pm: pluggy.PluginManager) -> Manifest
     types = field_types(pm)
     entities: dict[str, Entity] = {}
     plurals: dict[str, str] = {}
-    for name, spec in _with_system_entities(loaded, errors).items():
+    specs = _with_system_entities(loaded, errors)
+    _check_entity_renames(loaded, specs, errors)
+    for name, spec in specs.items():
         entity = _compile_entity(loaded, name, spec, types, app, errors)
         if entity.plural in plurals:
             errors.append(_err(loaded, name, ("plural",) if spec.plural else (), "E123",
@@ -313,6 +315,7 @@ def _compile_entity(loaded, name, spec: EntitySpec, types, app, errors) -> Entit
         fields=fields,
         indexes=_indexes(loaded, name, spec, fields, errors),
         source=str(loaded.where(name, key=True)),
+        renamed_from=spec.renamed_from,
     )
 
 
@@ -341,6 +344,32 @@ def _check_renames(loaded, name, spec: EntitySpec, fields: dict[str, Field], err
             renamed[old] = fname
             continue
         errors.append(_err(loaded, name, path, "E146", *problem, key=False))
+
+
+def _check_entity_renames(loaded, specs: dict[str, EntitySpec], errors) -> None:
+    """An entity's ``renamed_from:`` names an identifier that is no current entity (else the old and
+    the new table would be one) and that no other entity was renamed from (E146, like fields)."""
+    renamed: dict[str, str] = {}
+    for name, spec in specs.items():
+        old = spec.renamed_from
+        if old is None:
+            continue
+        if old == name:
+            problem = (f"entity '{name}' is renamed from itself",
+                       "remove 'renamed_from:', or write the entity's previous name")
+        elif not IDENTIFIER.match(old) or len(old) > MAX_IDENTIFIER:
+            problem = (f"renamed_from '{old}' of entity '{name}' is not an entity name",
+                       "write the previous name exactly as it was: snake_case ASCII")
+        elif old in specs:
+            problem = (f"entity '{name}' is renamed from '{old}', which is still an entity",
+                       f"remove entity '{old}' (its table becomes '{name}'), or remove 'renamed_from:' to keep both")
+        elif old in renamed:
+            problem = (f"entities '{renamed[old]}' and '{name}' are both renamed from '{old}'",
+                       "one table can get one new name: remove one 'renamed_from:'")
+        else:
+            renamed[old] = name
+            continue
+        errors.append(_err(loaded, name, ("renamed_from",), "E146", *problem, key=False))
 
 
 def _indexes(loaded, name, spec: EntitySpec, fields: dict[str, Field], errors) -> tuple[Index, ...]:

@@ -29,7 +29,8 @@ E135  expression (CEL) with bad syntax or an unknown name
 E140  webhook Loom cannot send: not an http(s) URL, an event of no entity (or a typo of a known event),
       ``where`` over the events of several entities, ``secret_env`` that is not a variable name
 E145  rollup Loom cannot compute (``of``, ``op``, ``field``, ``where``, the field's type, a circle)
-E146  ``renamed_from:`` that cannot be a rename: the field itself, a current field, not a name, used twice
+E146  ``renamed_from:`` that cannot be a rename: the field or entity itself, a current field or entity, not a
+      name, used twice
 E147  ``map:`` of an enum field that cannot apply: a key still an option, a value not an option, null on a
       required field
 ====  ===========================================================================

@@ -158,6 +158,12 @@ class Rule:
 
 @dataclass(frozen=True)
 class Entity:
+    """One kind of record, with its table, API resource and fields.
+
+    :ivar renamed_from: the entity's previous name (``renamed_from:``): the migration renames its table;
+        stored with the manifest so the history can follow the rename (see ``runtime.audit``).
+    """
+
     name: str
     label: dict[str, str]
     plural: str
@@ -169,6 +175,7 @@ class Entity:
     relations: dict[str, Relation] = field(default_factory=dict)
     source: str = ""
     rules: tuple[Rule, ...] = ()
+    renamed_from: str | None = None
 
     @property
     def table(self) -> str:
@@ -209,7 +216,7 @@ class Entity:
         return f"{self.name}__{field_name}"
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data = {
             "name": self.name, "label": self.label, "plural": self.plural, "plural_label": self.plural_label,
             "title": self.title, "description": self.description,
             "fields": {n: f.to_json() for n, f in self.fields.items()},
@@ -219,6 +226,9 @@ class Entity:
                 for n, r in self.relations.items()
             },
         }
+        if self.renamed_from is not None:  # only when set: manifests stored before renames keep their hash
+            data["renamed_from"] = self.renamed_from
+        return data
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,8 @@ class FieldSpec(SpecModel):
     map: dict[str, str | None] | None = Field(
         None, description="enum/multi_enum: what stored values of options taken out of `options` become, old "
         "value -> current option, or null to empty them (`{cold: warm, lukewarm: null}`); a value renamed is "
-        "removed and added with `map: {old: new}`. Used by `loom migrate` only; harmless once applied.")
+        "removed and added with `map: {old: new}`. When the field turns into an enum from text, what each text "
+        "becomes (`{Banking: finance}`). Used by `loom migrate` only; harmless once applied.")
     to: str | None = Field(None, description="ref/refs: the target entity.")
     on_delete: Literal["restrict", "cascade", "set_null"] | None = Field(
         None, description="ref: what happens to this record when the target is deleted."
@@ -124,6 +125,10 @@ class EntitySpec(SpecModel):
         None, description="snake_case plural used in URLs (`/api/<plural>`); default: English plural."
     )
     plural_label: Label | None = Field(None, description="Plural name shown to people.")
+    renamed_from: str | None = Field(
+        None, description="The entity's previous name: the migration renames its table (and join tables, indexes "
+        "and constraints named after it) and keeps every record; the history shows older entries under the new "
+        "name. Harmless once applied; keep it for the history.")
     title: str | None = Field(None, description="The field that names a record (in lists, pickers, links).")
     description: str | None = None
     fields: dict[str, FieldSpec] = Field(default_factory=dict)

@@ -1,7 +1,7 @@
 """Migration plans as data: diff the last applied manifest against a new one into alembic operations.
 
-The flow: :func:`plan_migration` (``plan.py``) diffs whole tables (``entities.py``: new entities, in an
-order foreign keys allow, and removed ones), then each kept table field by field (``fields.py``: new
+The flow: :func:`plan_migration` (``plan.py``) diffs whole tables (``entities.py``: entity renames, new
+entities in an order foreign keys allow, and removed ones), then each kept table field by field (``fields.py``: new
 columns, renames, required on and off, options taken out, drops; ``conversions.py``: type, length and
 precision changes; ``refs.py``: ``to`` and ``on_delete``) and its indexes (``indexes.py``). Each change is
 a :class:`Step` (``steps.py``); a change that depends on the data carries a check (``checks.py`` and the

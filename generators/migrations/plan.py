@@ -9,7 +9,18 @@ import sqlalchemy as sa
 from loomcrm.engine.manifest import Manifest
 
 from ..tables import MIGRATIONS_TABLE, build_metadata
-from .entities import AddDeferredForeignKeyOp, create_table, creation_order, drop_entities, sorted_tables
+from .entities import (
+    AddDeferredForeignKeyOp,
+    create_table,
+    creation_order,
+    drop_entities,
+    entity_renames,
+    refuse_checked_changes,
+    rename_entities,
+    rename_subscriptions,
+    sorted_tables,
+    under_new_names,
+)
 from .fields import diff_fields
 from .indexes import diff_indexes
 from .steps import Plan, Step
@@ -21,12 +32,20 @@ def plan_migration(old: dict[str, Any] | None, new: Manifest, *, has_migrations_
     New tables come first, referenced tables before the tables that refer to them; a foreign key that
     closes a cycle (two entities referring to each other) is added once both tables exist. Changes to
     existing tables follow, so a new ref column can point at a table created in the same migration.
+    Renamed entities (``renamed_from:``) get their new names before anything else, and the rest of the
+    diff compares the stored entities under their new names.
     """
     metadata = build_metadata(new)
     plan = Plan(initial=old is None)
     if not has_migrations_table:
         create_table(plan, metadata.tables[MIGRATIONS_TABLE], "Loom's migration history")
     old_entities: dict[str, Any] = (old or {}).get("entities", {})
+    renames = entity_renames(plan, old_entities, new)
+    if renames:
+        plan.steps += rename_entities(renames, old_entities, new)
+        if "loom_webhook" in (old or {}).get("system_tables", []):
+            plan.steps.append(rename_subscriptions(renames))
+        old_entities = under_new_names(old_entities, renames)
     creates: list[tuple[sa.Table, str]] = []
     changes: list[sa.Table] = []
     for table in sorted_tables(metadata.tables.values()):
@@ -60,4 +79,6 @@ def plan_migration(old: dict[str, Any] | None, new: Manifest, *, has_migrations_
         renamed = diff_fields(plan, entity.name, before, entity, table, new)
         diff_indexes(plan, before, entity, table, renamed)
     drop_entities(plan, {n: e for n, e in old_entities.items() if n not in new.entities})
+    if renames:
+        refuse_checked_changes(plan, renames)
     return plan
