@@ -21,6 +21,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
+from loomcrm.generators.admin import admin_routers
 from loomcrm.generators.models import build_models
 from loomcrm.generators.routes import admin_router, auth_router, entity_router
 from loomcrm.generators.tables import build_metadata
@@ -109,6 +110,7 @@ class Loom:
         routers.append(auth_router(auth, api_context, sync_to_thread=sync_to_thread))
         routers.append(admin_router(self.records, api_context, sync_to_thread=sync_to_thread))
         routers.append(webhook_router(Subscriptions(self.records), api_context, sync_to_thread=sync_to_thread))
+        routers.extend(admin_routers(self, prefix=self.manifest.admin_path))
         for handlers in call_hook(self.pm, "loom_routes", loom=self):
             routers.extend(handlers or ())
 

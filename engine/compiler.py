@@ -26,7 +26,7 @@ from .database import ENV_DATABASE_URL, resolve_database_url
 from .errors import ConfigError, ConfigErrors, Location, did_you_mean
 from .fieldtypes import COMMON_OPTIONS, FieldType, FieldValueError
 from .loader import LoadedConfig
-from .manifest import SYSTEM_FIELDS, Entity, Field, Index, Manifest, Relation, Rule, localized
+from .manifest import SYSTEM_FIELDS, Entity, Field, Index, LayoutSection, Manifest, Relation, Rule, localized
 from .names import (
     IDENTIFIER,
     MAX_IDENTIFIER,
@@ -157,6 +157,7 @@ def compile_manifest(loaded: LoadedConfig, pm: pluggy.PluginManager) -> Manifest
         automations=automations,
         schedules=schedules,
         webhooks=webhooks,
+        admin_path=app.admin_path,
     )
     _plugin_checks(loaded, manifest, pm)
     return manifest
@@ -316,7 +317,44 @@ def _compile_entity(loaded, name, spec: EntitySpec, types, app, errors) -> Entit
         indexes=_indexes(loaded, name, spec, fields, errors),
         source=str(loaded.where(name, key=True)),
         renamed_from=spec.renamed_from,
+        **_screens(loaded, name, spec, fields, locales, errors),
     )
+
+
+def _screens(loaded, name, spec: EntitySpec, fields: dict[str, Field], locales, errors) -> dict[str, Any]:
+    """``list:``, ``layout:`` and ``search:``: each name must be a field of the entity (E148); ``search:``
+    takes text fields only, a field is in one section at most."""
+
+    def known(path, fname, *, text: bool = False) -> bool:
+        if fname not in fields:
+            errors.append(_err(loaded, name, path, "E148", f"'{fname}' is not a field of entity '{name}'",
+                               did_you_mean(fname, fields) or f"fields: {', '.join(list(fields)[:12])}", key=False))
+            return False
+        if text and fields[fname].type not in ("string", "text", "email", "phone", "url"):
+            errors.append(_err(loaded, name, path, "E148", f"search looks in text, and '{name}.{fname}' has type "
+                               f"{fields[fname].type}", "name string, text, email, phone or url fields",
+                               key=False))
+            return False
+        return True
+
+    columns = tuple(f for i, f in enumerate(spec.columns) if known(("list", i), f))
+    sections, placed = [], {}
+    for i, section in enumerate(spec.layout):
+        names = []
+        for j, fname in enumerate(section.fields):
+            path = ("layout", i, "fields", j)
+            if not known(path, fname):
+                continue
+            if fname in placed:
+                errors.append(_err(loaded, name, path, "E148", f"field '{fname}' is in two sections of the "
+                                   f"layout of '{name}'", "keep it in one section", key=False))
+                continue
+            placed[fname] = i
+            names.append(fname)
+        heading = _label(loaded, name, ("layout", i, "label"), section.label, "", list(locales), errors)
+        sections.append(LayoutSection(heading, tuple(names)))
+    search = tuple(f for i, f in enumerate(spec.search) if known(("search", i), f, text=True))
+    return {"list_fields": columns, "layout": tuple(sections), "search_fields": search}
 
 
 def _check_renames(loaded, name, spec: EntitySpec, fields: dict[str, Field], errors) -> None:

@@ -33,6 +33,8 @@ E146  ``renamed_from:`` that cannot be a rename: the field or entity itself, a c
       name, used twice
 E147  ``map:`` of an enum field that cannot apply: a key still an option, a value not an option, null on a
       required field
+E148  ``list:``, ``layout:`` or ``search:`` naming no field of the entity, a field in two sections, a search
+      field that is not text
 ====  ===========================================================================
 """
 

@@ -157,8 +157,21 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class LayoutSection:
+    """A group of fields on the record page and in forms (``layout:``)."""
+
+    label: dict[str, str]
+    fields: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Entity:
     """One kind of record, with its table, API resource and fields.
+
+    :ivar list_fields: the admin list's columns (``list:``); empty: a default.
+    :ivar layout: the admin record page's and forms' sections (``layout:``).
+    :ivar search_fields: fields the admin search looks in beside the title (``search:``).
+    Those three shape screens only: they are not part of the stored manifest.
 
     :ivar renamed_from: the entity's previous name (``renamed_from:``): the migration renames its table;
         stored with the manifest so the history can follow the rename (see ``runtime.audit``).
@@ -176,6 +189,9 @@ class Entity:
     source: str = ""
     rules: tuple[Rule, ...] = ()
     renamed_from: str | None = None
+    list_fields: tuple[str, ...] = ()
+    layout: tuple[LayoutSection, ...] = ()
+    search_fields: tuple[str, ...] = ()
 
     @property
     def table(self) -> str:
@@ -257,6 +273,7 @@ class Manifest:
     automations: dict[str, Any] = field(default_factory=dict)  # name -> automation.Automation
     schedules: dict[str, Any] = field(default_factory=dict)  # name -> automation.Schedule
     webhooks: dict[str, Any] = field(default_factory=dict)  # name -> webhooks.Webhook
+    admin_path: str = "/admin"
 
     def to_json(self) -> dict[str, Any]:
         """The schema-relevant content: stored with each migration and diffed by the planner."""

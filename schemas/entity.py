@@ -117,6 +117,13 @@ class RuleSpec(SpecModel):
                               "it beside them; the API names them).")
 
 
+class SectionSpec(SpecModel):
+    """A group of fields on the record page and in forms (``layout:``)."""
+
+    label: Label | None = Field(None, description="The section's heading; plain or per locale.")
+    fields: list[str] = Field(min_length=1, description="The fields it shows, in order.")
+
+
 class EntitySpec(SpecModel):
     """One kind of record: a table, an API resource and (later) forms."""
 
@@ -137,3 +144,9 @@ class EntitySpec(SpecModel):
     unique_together: list[Annotated[list[str], Field(min_length=1)]] = Field(
         default_factory=list, description="Groups of fields whose combined values must be unique."
     )
+    columns: list[str] = Field(default_factory=list, alias="list", description="Admin app: the columns of the "
+                               "entity's list, in order (default: the title and the next few fields).")
+    layout: list[SectionSpec] = Field(default_factory=list, description="Admin app: the sections of the record page "
+                                      "and forms; fields left out follow in a last section.")
+    search: list[str] = Field(default_factory=list, description="Admin app: fields the global search looks in, "
+                              "beside the title.")

@@ -20,6 +20,8 @@ class AppSpec(SpecModel):
     phone_region: str | None = Field(
         None, description="ISO 3166 region for phone numbers written without a country code (e.g. CN, DE)."
     )
+    admin_path: str = Field("/admin", pattern=r"^/[a-z0-9][a-z0-9_-]*$",
+                            description="Where the admin web app is served, e.g. /admin or /crm.")
 
 
 class DatabaseSpec(SpecModel):
