@@ -78,6 +78,28 @@ def sql_rows(url: str, sql: str) -> list[tuple]:
         engine.dispose()
 
 
+def sql_execute(url: str, sql: str) -> None:
+    """Run a plain SQL statement on the database at ``url`` and commit (to set up data below Loom's API,
+    or to see what the database itself refuses)."""
+    from .database import create_db_engine
+
+    engine = create_db_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(sql)
+    finally:
+        engine.dispose()
+
+
+def replaced(text: str, **replacements: tuple[str, str]) -> str:
+    """``text`` with each ``(old, new)`` pair replaced; an ``old`` that is not there fails (a config edit
+    a test means to make must happen)."""
+    for old, new in replacements.values():
+        assert old in text, f"{old!r} is not in the text"
+        text = text.replace(old, new)
+    return text
+
+
 def table_names(url: str) -> set[str]:
     """The tables of the database at ``url``."""
     import sqlalchemy as sa

@@ -9,8 +9,10 @@ is sent with a Content-Security-Policy that allows Loom's own static files only.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,16 +21,18 @@ from urllib.parse import quote, urlencode
 from litestar import MediaType, Request, Response, Router, get, post
 from litestar.concurrency import sync_to_thread
 from litestar.datastructures import CacheControlHeader
+from litestar.exceptions import HTTPException
 from litestar.response import Redirect
 from litestar.static_files import create_static_files_router
 
 from loomcrm.engine.errors import Problem
 from loomcrm.engine.manifest import Entity
+from loomcrm.engine.plugins import AdminPage, call_hook
 from loomcrm.engine.runtime.auth import SESSION_COOKIE
 from loomcrm.engine.runtime.context import Context
 from loomcrm.engine.runtime.query import Filter, ListQuery, parse_list_params
 
-from .messages import translator
+from .messages import LANGUAGE_NAMES, translator
 from .views import display, form_sections, label, list_columns
 
 __all__ = ["AdminPages", "admin_routers", "STATIC"]
@@ -55,6 +59,7 @@ class AdminPages:
         self.records, self.manifest, self.auth = loom.records, loom.manifest, loom.auth
         self.env = loom.templates
         self.by_plural = {e.plural: e for e in self.manifest.entities.values()}
+        self.plugin_pages: list[AdminPage] = []  # set by admin_routers from loom_admin_pages
 
     # --- callers, tokens, rendering ----------------------------------------------------------------
     def caller(self, request: Request) -> Context:
@@ -75,22 +80,42 @@ class AdminPages:
         return ctx
 
     def locale(self, ctx: Context | None, request: Request | None = None) -> str:
+        """The reader's language: the signed-in user's (their ``user.locale``, else the language cookie,
+        else Accept-Language; see :meth:`caller`); for a visitor the cookie, else the first language of
+        Accept-Language the app speaks; else the app's default (its first locale)."""
         if ctx is not None and ctx.locale:
             return ctx.locale
-        chosen = request.cookies.get(LOCALE_COOKIE) if request is not None else None
-        return chosen if chosen in self.manifest.locales else self.manifest.locales[0]
+        locales = self.manifest.locales
+        if request is None:
+            return locales[0]
+        chosen = request.cookies.get(LOCALE_COOKIE)
+        if chosen in locales:
+            return chosen
+        for part in request.headers.get("accept-language", "").split(","):
+            tag = part.split(";")[0].strip().replace("_", "-")
+            for candidate in (tag, tag.split("-")[0]):
+                if candidate in locales:
+                    return candidate
+        return locales[0]
 
     @staticmethod
     def csrf(request: Request) -> str:
-        """The form token of the request's session: an HMAC of the session secret."""
+        """The form token of the request's session: an HMAC keyed with the session secret, so it changes
+        with every session, cannot be forged without the cookie, and does not reveal the secret."""
         secret = request.cookies.get(SESSION_COOKIE, "")
         return hmac.new(secret.encode(), b"loom-admin-csrf", hashlib.sha256).hexdigest()
 
     def check_csrf(self, request: Request, form) -> None:
-        given = form.get("_csrf") or request.headers.get("x-csrf-token", "")
-        if not request.cookies.get(SESSION_COOKIE) or not hmac.compare_digest(str(given), self.csrf(request)):
-            raise Problem(403, "Forbidden", detail="the form is out of date or did not come from this site; "
-                          "reload the page and try again")
+        """403 unless the form (``_csrf``) or the htmx header (``X-CSRF-Token``) carries the session's token.
+
+        Every POST of a signed-in user is checked. Only the sign-in form goes without: before signing in
+        there is no session to derive a token from, and a forged sign-in is stopped by the password
+        (and the session cookie's ``SameSite=Lax``)."""
+        given = str(form.get("_csrf") or request.headers.get("x-csrf-token") or "")
+        if not request.cookies.get(SESSION_COOKIE) or not given or \
+                not hmac.compare_digest(given.encode(), self.csrf(request).encode()):
+            t = translator(self.locale(None, request))
+            raise Problem(403, "Forbidden", detail=t("forbidden_form"))
 
     def url(self, *parts: Any, **query: Any) -> str:
         path = "/".join([self.prefix, *(quote(str(p)) for p in parts)])
@@ -102,19 +127,30 @@ class AdminPages:
         return [e for e in self.manifest.entities.values() if ctx.access is None or ctx.access.can(e, "read")]
 
     def render(self, request: Request, template: str, ctx: Context | None, *, status: int = 200,
-               entity: Entity | None = None, **values: Any) -> Response:
-        """Render ``template`` (``<name>-<entity>.html`` first when there is an entity, so a project can
-        override one entity's page) with what every page needs."""
+               entity: Entity | None = None, headers: dict[str, str] | None = None, **values: Any) -> Response:
+        """Render ``admin/<template>.html`` (``admin/<template>-<entity>.html`` first when there is an
+        entity, so a project can override one entity's page; a name ending in ``.html`` as it is) with
+        what every page needs (documented in docs/templates.md), sent with :data:`HEADERS`."""
         locale = self.locale(ctx, request)
-        names = [f"admin/{template}-{entity.name}.html", f"admin/{template}.html"] if entity else \
-            [f"admin/{template}.html"]
+        if template.endswith(".html"):
+            names = [template]
+        else:
+            names = [f"admin/{template}-{entity.name}.html", f"admin/{template}.html"] if entity else \
+                [f"admin/{template}.html"]
+        signed_in = ctx is not None and ctx.actor is not None
         page = self.env.select_template(names).render(
             t=translator(locale), locale=locale, locales=self.manifest.locales, prefix=self.prefix, url=self.url,
-            csrf=self.csrf(request) if ctx is not None else "", user=self.user_name(ctx),
+            language_names=LANGUAGE_NAMES, csrf=self.csrf(request) if signed_in else "", user=self.user_name(ctx),
             nav=[{"plural": e.plural, "label": label(e.plural_label, locale)} for e in self.entities_for(ctx)]
-            if ctx is not None else [], entity=entity, request_path=request.url.path,
-            entity_label=(lambda e: label(e.label, locale)), **values)
-        return Response(page, status_code=status, media_type=MediaType.HTML, headers=HEADERS)
+            if signed_in else [], menu=self.menu(ctx, locale) if signed_in else [], entity=entity,
+            request_path=request.url.path, entity_label=(lambda e: label(e.label, locale)), **values)
+        return Response(page, status_code=status, media_type=MediaType.HTML, headers={**HEADERS, **(headers or {})})
+
+    def menu(self, ctx: Context, locale: str) -> list[dict[str, str]]:
+        """The side nav's entries after the entities: the pages plugins add (``loom_admin_pages``)
+        that the caller may open."""
+        return [{"path": page.path, "url": self.url(*page.path.split("/")), "label": label(page.title, locale)}
+                for page in self.plugin_pages if page.menu and (page.allowed is None or page.allowed(ctx))]
 
     def user_name(self, ctx: Context | None) -> str:
         if ctx is None or ctx.access is None:
@@ -156,39 +192,146 @@ class AdminPages:
                            query_without=lambda *keys: [(k, v) for k, v in params if k not in keys])
 
     def record_page(self, request: Request, ctx: Context, entity: Entity, record_id: int, *,
-                    message: str = "") -> Response:
+                    message: str = "", errors: list[dict] | None = None, values: dict | None = None,
+                    failed: str = "", status: int = 200) -> Response:
+        """A record: its fields by section, workflow buttons, related lists and activity. After a failed
+        transition (``failed``), ``message`` and ``errors`` say why and ``values`` keep what was typed."""
         locale = self.locale(ctx)
-        refs = [f.name for f in entity.user_fields if f.type in ("ref", "refs")
-                and (ctx.access is None or ctx.access.level(entity, f.name) != "hidden")]
-        record = self.records.get(entity, record_id, ctx, expand=refs)
         sections = form_sections(self.manifest, entity, ctx.access, locale, creating=False, include_system=True)
+        refs = [v.name for s in sections for v in s.fields if v.target and self.may_read(ctx, self.by_plural[v.target])]
+        record = self.records.get(entity, record_id, ctx, expand=refs)
         shown_sections = [{"title": s.title, "fields": [
             {"view": v, "text": display(v, shown(self.manifest, v, record.get(v.name)), locale)} for v in s.fields]}
             for s in sections]
-        transitions = self.records.transitions.available(entity, record_id, ctx)["data"] \
-            if self.records.transitions.of(entity) else []
+        transitions = self.workflow_actions(entity, record_id, ctx, locale)
+        field_errors: dict[str, list[str]] = {}
+        general = []
+        for error in errors or []:
+            name = str(error.get("field") or "").removeprefix("fields.")
+            (field_errors.setdefault(name, []) if name in entity.fields else general).append(error["message"])
         history = self.timeline(entity, self.records.history(entity, record_id, ctx, limit=20, before=None)
-                                .get("data", []), locale)
-        title = record.get(entity.title) if entity.title in record else f"#{record_id}"
-        return self.render(request, "record", ctx, entity=entity, record=record, sections=shown_sections, title=title,
-                           transitions=transitions, history=history, message=message)
+                                .get("data", []), locale, ctx=ctx)
+        title = record.get(entity.title) if record.get(entity.title) not in (None, "") else f"#{record_id}"
+        return self.render(request, "record", ctx, status=status, entity=entity, record=record,
+                           sections=shown_sections, title=title, transitions=transitions, history=history,
+                           message=message, general=general, field_errors=field_errors, failed=failed,
+                           typed=values or {}, related=self.related_lists(entity, record_id, ctx, locale))
 
-    def timeline(self, entity: Entity, entries: list[dict], locale: str) -> list[dict]:
-        """History entries as the activity timeline shows them: who (by name), what, which fields (by label)."""
+    def may_read(self, ctx: Context, entity: Entity, name: str | None = None) -> bool:
+        """Whether the caller may read ``entity`` (and its field ``name``, when given)."""
+        if ctx.access is None:
+            return True
+        return ctx.access.can(entity, "read") and (name is None or ctx.access.level(entity, name) != "hidden")
+
+    def workflow_actions(self, entity: Entity, record_id: int, ctx: Context, locale: str) -> list[dict]:
+        """The record's transitions as buttons: allowed or not (with the reasons), and the inputs of the
+        fields the target state requires that the record lacks (those the caller may see)."""
+        if not self.records.transitions.of(entity):
+            return []
+        items = self.records.transitions.available(entity, record_id, ctx)["data"]
+        for item in items:
+            item["inputs"] = [field_view(self.manifest, entity, entity.fields[n], locale,
+                                         level_of(ctx.access, entity, n))
+                              for n in item["needs"] if n in entity.fields
+                              and level_of(ctx.access, entity, n) != "hidden"]
+        return items
+
+    def related_lists(self, entity: Entity, record_id: int, ctx: Context, locale: str) -> list[dict]:
+        """For each relation the caller may read: its first rows (the target's list columns), the count,
+        where to see them all and how to add one that points here."""
+        lists = []
+        for name, relation in entity.relations.items():
+            child = self.manifest.entities[relation.entity]
+            many = relation.kind != "one_to_many"
+            holder = entity if many and relation.owner_side else child
+            if not (self.may_read(ctx, child) and self.may_read(ctx, holder, relation.field)):
+                continue
+            columns = [c for c in list_columns(self.manifest, child, ctx.access, locale)
+                       if many or c.name != relation.field]
+            expand = [c.name for c in columns if c.widget == "ref" and self.may_read(ctx, self.by_plural[c.target])]
+            query = ListQuery(limit=RELATED_ROWS, count=True, expand=expand, sort=[(child.fields["id"], False)])
+            try:
+                page = self.records.related(entity, record_id, name, query, ctx)
+            except Problem as exc:
+                if exc.status == 403:
+                    continue
+                raise
+            rows = [{"id": r["id"], "cells": [display(c, shown(self.manifest, c, r.get(c.name)), locale)
+                                              for c in columns]} for r in page["data"]]
+            field = child.fields.get(relation.field)
+            may_link = field is not None and (ctx.access is None or (ctx.access.can(child, "create")
+                                                                     and ctx.access.level(child, field.name) == "write"))
+            lists.append({
+                "name": name, "entity": child, "columns": columns, "rows": rows, "count": page.get("count"),
+                "label": label(field.label, locale) if many and not relation.owner_side and field else "",
+                "all_url": None if many else
+                f"{self.prefix}/{quote(child.plural)}?filter[{relation.field}][eq]={record_id}",
+                "new_url": self.url(child.plural, "new", **{relation.field: record_id})
+                if may_link and not (many and relation.owner_side) else None,
+            })
+        return lists
+
+    def timeline(self, entity: Entity, entries: list[dict], locale: str, *, ctx: Context | None = None) -> list[dict]:
+        """History entries as the activity timeline shows them: who (by name), what (a transition by its
+        label), and each changed field the caller may read, old -> new as display text."""
         t = translator(locale)
         names = self.user_names({e["actor"] for e in entries if e.get("actor")})
         verbs = {"create": t("created_by"), "update": t("changed"), "delete": t("deleted"),
                  "transition": t("transition")}
-        shown = []
+        access = ctx.access if ctx is not None else None
+        views = {f.name: field_view(self.manifest, entity, f, locale, "read") for f in entity.fields.values()
+                 if level_of(access, entity, f.name) != "hidden" and (not f.system or f.name == "owner")}
+        ids: dict[str, set[int]] = {}
+        for entry in entries:
+            for name, change in (entry.get("changes") or {}).items():
+                view = views.get(name)
+                if view is not None and view.target and isinstance(change, list):
+                    for value in change:
+                        ids.setdefault(view.target, set()).update(
+                            v for v in (value if isinstance(value, list) else [value]) if isinstance(v, int))
+        titles = {plural: self.titles(self.by_plural[plural], found, ctx) for plural, found in ids.items()}
+        workflow = self.records.transitions.of(entity)
+        shown_entries = []
         for entry in entries:
             changes = entry.get("changes") or {}
-            fields = [label(entity.fields[n].label, locale) if n in entity.fields else n
-                      for n in changes if not n.startswith("$")]
+            fields = []
+            if entry["action"] != "create":
+                for name, change in changes.items():
+                    view = views.get(name)
+                    if view is None or not isinstance(change, list) or len(change) != 2:
+                        continue
+                    old, new = (self.text_of(view, v, titles.get(view.target, {}), locale) for v in change)
+                    fields.append({"name": name, "label": view.label, "old": old, "new": new})
+            step = ""
             if entry.get("transition"):
-                fields.insert(0, str(entry["transition"].get("name", "")))
-            shown.append({"at": entry["at"], "actor_label": names.get(entry.get("actor")) or entry.get("channel", ""),
-                          "verb": verbs.get(entry["action"], entry["action"]), "fields": fields})
-        return shown
+                found = workflow.get(entry["transition"].get("name", ""))
+                step = text_for(found[1].label, locale) if found and found[1].label else \
+                    str(entry["transition"].get("name", ""))
+            shown_entries.append({"at": entry["at"], "actor_label": names.get(entry.get("actor"))
+                                  or entry.get("channel", ""), "verb": verbs.get(entry["action"], entry["action"]),
+                                  "transition": step, "fields": fields})
+        return shown_entries
+
+    def titles(self, target: Entity, ids: Any, ctx: Context | None) -> dict[int, str]:
+        """``{id: title}`` of the records of ``target`` the caller may read (one query)."""
+        ids = sorted({i for i in ids if isinstance(i, int)})
+        ctx = ctx or Context(channel="admin")
+        if not ids or not self.may_read(ctx, target, target.title) or target.title not in target.fields:
+            return {}
+        query = ListQuery(filters=[Filter(target.fields["id"], "in", ids)], limit=len(ids), fields=[target.title],
+                          sort=[(target.fields["id"], False)])
+        page = self.records.list(target, query, ctx)
+        return {r["id"]: str(r.get(target.title) or f"#{r['id']}") for r in page["data"]}
+
+    @staticmethod
+    def text_of(view, value: Any, titles: dict[int, str], locale: str) -> str:
+        """A value as text; ref ids by the title of their record when known."""
+        if view.target and value is not None:
+            if isinstance(value, list):
+                value = [titles.get(v, v) if isinstance(v, int) else v for v in value]
+            elif isinstance(value, int):
+                value = titles.get(value, value)
+        return display(view, value, locale)
 
     def user_names(self, ids: set[int]) -> dict[int, str]:
         """Display names of users, by id (one query), as Loom's own code reads them."""
@@ -320,8 +463,9 @@ def admin_routers(loom, *, prefix: str = "/admin") -> list[Router]:
         return run
 
     @get("/login", sync_to_thread=False)
-    def login_form(request: Request, next: str = "") -> Response:  # noqa: A002 - the query parameter's name
-        return pages.render(request, "login", None, next=_safe_next(next, pages.prefix), error="")
+    def login_form(request: Request) -> Response:
+        target = _safe_next(request.query_params.get("next", ""), pages.prefix)
+        return pages.render(request, "login", None, next=target, error="")
 
     @post("/login", status_code=303)
     async def login(request: Request) -> Response:
@@ -335,8 +479,9 @@ def admin_routers(loom, *, prefix: str = "/admin") -> list[Router]:
             t = translator(pages.locale(None, request))
             error = t("too_many") if exc.status == 429 else t("wrong_login")
             return pages.render(request, "login", None, status=exc.status, next=target, error=error,
-                                username=username)
-        response = Redirect(target, status_code=303)
+                                username=username, headers={k: v for k, v in (exc.headers or {}).items()
+                                                            if k.lower() == "retry-after"})
+        response = Redirect(target, status_code=303, headers=HEADERS)
         response.set_cookie(SESSION_COOKIE, session.secret, httponly=True, samesite="lax", path="/",
                             expires=int(session.expires_at.timestamp()) if session.expires_at else None,
                             secure=request.url.scheme == "https")
@@ -344,38 +489,52 @@ def admin_routers(loom, *, prefix: str = "/admin") -> list[Router]:
 
     @post("/logout", status_code=303)
     async def logout(request: Request) -> Response:
+        """End this session; with ``everywhere=1`` every session of the user (other browsers, devices)."""
         form = await request.form()
         try:
-            pages.check_csrf(request, form)
             ctx = await sync_to_thread(pages.caller, request)
-        except (Problem, NotSignedIn):
-            return Redirect(pages.url("login"), status_code=303)
+        except NotSignedIn:
+            response = Redirect(pages.url("login"), status_code=303, headers=HEADERS)
+            response.delete_cookie(SESSION_COOKIE, path="/")
+            return response
+        try:
+            pages.check_csrf(request, form)
+        except Problem as exc:  # a forged sign-out (it would end every session with everywhere=1)
+            return pages.render(request, "error", ctx, status=403, message=translator(pages.locale(ctx))(
+                "not_allowed"), detail=exc.detail or "", errors=[])
         everywhere = ctx.actor if form.get("everywhere") else None
         await sync_to_thread(pages.auth.logout, request.cookies.get(SESSION_COOKIE), everywhere_for=everywhere)
-        response = Redirect(pages.url("login"), status_code=303)
+        response = Redirect(pages.url("login"), status_code=303, headers=HEADERS)
         response.delete_cookie(SESSION_COOKIE, path="/")
         return response
 
     @post("/locale", status_code=303)
     async def choose_locale(request: Request) -> Response:
-        """Remember the reader's language: on the user (``user.locale``) when signed in, and in a cookie."""
+        """Remember the reader's language: on the user (``user.locale``, so every later session and
+        device has it) when signed in, and in a cookie (which is all a visitor on the sign-in page has;
+        it changes nothing on the server, so that form carries no token)."""
         form = await request.form()
         chosen = str(form.get("locale") or "")
         target = _safe_next(str(form.get("_next") or ""), pages.prefix)
-        response = Redirect(target, status_code=303)
+        response = Redirect(target, status_code=303, headers=HEADERS)
         if chosen not in pages.manifest.locales:
             return response
         try:
-            pages.check_csrf(request, form)
             ctx = await sync_to_thread(pages.caller, request)
+        except NotSignedIn:
+            ctx = None
+        if ctx is not None:
+            try:
+                pages.check_csrf(request, form)
+            except Problem as exc:
+                return pages.render(request, "error", ctx, status=403, message=translator(pages.locale(ctx))(
+                    "not_allowed"), detail=exc.detail or "", errors=[])
             users = pages.loom.entity("user")
             await sync_to_thread(lambda: pages.records.update(users, ctx.actor, {"locale": chosen},
                                                               Context(actor=ctx.actor, channel="admin"), trusted=True))
             pages.auth.forget()
-        except (Problem, NotSignedIn):
-            pass
         response.set_cookie(LOCALE_COOKIE, chosen, httponly=True, samesite="lax", path="/",
-                            max_age=365 * 24 * 3600)
+                            max_age=365 * 24 * 3600, secure=request.url.scheme == "https")
         return response
 
     @get("/", sync_to_thread=True)
@@ -439,9 +598,65 @@ def admin_routers(loom, *, prefix: str = "/admin") -> list[Router]:
 
     static = create_static_files_router(path="/static", directories=[STATIC], name="admin_static",
                                         cache_control=CacheControlHeader(max_age=86400, public=True))
-    return [Router(path=pages.prefix, route_handlers=[login_form, login, logout, choose_locale, home, listing,
+    pages.plugin_pages = admin_pages(loom, pages)
+    shown = [plugin_page(pages, page, guarded) for page in pages.plugin_pages]
+
+    def secured(response: Response) -> Response:
+        """Every answer of the admin app (pages, redirects, files) carries :data:`HEADERS`; a header a
+        handler set itself (the static files' Cache-Control) stays."""
+        for name, value in HEADERS.items():
+            if name not in response.headers:
+                response.headers[name] = value
+        return response
+
+    def failed(request: Request, exc: Exception) -> Response:
+        """An error raised outside a page's own handling (a malformed form, a wrong method) as the
+        admin app's error page, not the API's JSON."""
+        status = exc.status if isinstance(exc, Problem) else getattr(exc, "status_code", 500)
+        t = translator(pages.locale(None, request))
+        message = {403: t("not_allowed"), 404: t("not_found")}.get(status, t("error"))
+        return pages.render(request, "error", None, status=status, message=message, detail="", errors=[])
+
+    return [Router(path=pages.prefix, route_handlers=[login_form, login, logout, choose_locale, home, *shown, listing,
                                                       new_form, record, edit_form, create, update, transition,
-                                                      static], include_in_schema=False)]
+                                                      static], include_in_schema=False, after_request=secured,
+                   exception_handlers={Problem: failed, HTTPException: failed})]
+
+
+#: Paths of the admin app itself, which a plugin's page may not take.
+OWN_PATHS = frozenset({"login", "logout", "locale", "static"})
+
+
+def admin_pages(loom, pages: AdminPages) -> list[AdminPage]:
+    """The pages plugins add (``loom_admin_pages``), checked: a path must be new and well formed."""
+    found: list[AdminPage] = []
+    taken = set(OWN_PATHS) | set(pages.by_plural)
+    for result in call_hook(loom.pm, "loom_admin_pages", loom=loom):
+        for page in result or ():
+            path = page.path.strip("/")
+            if not re.fullmatch(r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*", path) or path.split("/")[0] in taken:
+                raise ValueError(f"loom_admin_pages: the page path {page.path!r} is not allowed: use letters, "
+                                 f"digits, '-', '_' and '/', not one of {', '.join(sorted(taken))}")
+            taken.add(path)
+            found.append(dataclasses.replace(page, path=path))
+    return found
+
+
+def plugin_page(pages: AdminPages, page: AdminPage, guarded: Callable[..., Callable[..., Response]]) -> Any:
+    """The route handler of a plugin's page: signed-in users only, rendered like Loom's own pages."""
+    def run(request: Request, ctx: Context) -> Response:
+        if page.allowed is not None and not page.allowed(ctx):
+            raise Problem(403, "Forbidden", detail=f"the page {page.path} is not for you")
+        values = page.context(request, ctx) if page.context is not None else {}
+        if isinstance(values, Response):
+            return values
+        return pages.render(request, page.template, ctx, title=label(page.title, pages.locale(ctx)),
+                            current_page=page.path, **(values or {}))
+
+    @get(f"/{page.path}", sync_to_thread=True)
+    def show(request: Request) -> Response:
+        return guarded(run)(request)
+    return show
 
 
 def _safe_next(target: str, prefix: str) -> str:

@@ -39,6 +39,11 @@ def count_where(conn: sa.Connection, key: sa.ColumnElement, where: sa.ColumnElem
     return conn.execute(sa.select(sa.func.count(sa.distinct(key))).where(where)).scalar_one()
 
 
+def copied_first(conn: sa.Connection) -> str:
+    """What ``--allow-data-loss`` hints add on SQLite, whose file ``loom migrate`` copies first."""
+    return " (the SQLite database is copied first)" if conn.dialect.name == "sqlite" else ""
+
+
 def _they(count: int, one: str, many: str) -> str:
     return one if count == 1 else many
 
@@ -108,9 +113,8 @@ class LossCheck:
         step = described(step, f"destructive: loses {loss}")
         if allow_data_loss:
             return step, None
-        copied = " (the SQLite database is copied first)" if conn.dialect.name == "sqlite" else ""
         return step, (f"dropping {self.what} would lose {loss} ({sample_ids(conn, key, having, count)}): run "
-                      f"'loom migrate --allow-data-loss' to drop {_they(count, 'it', 'them')}{copied}, "
+                      f"'loom migrate --allow-data-loss' to drop {_they(count, 'it', 'them')}{copied_first(conn)}, "
                       f"or put the {self.kind} back")
 
 

@@ -11,7 +11,7 @@ from sqlalchemy.schema import sort_tables_and_constraints
 
 from ..tables import build_metadata
 from .checks import LossCheck
-from .steps import Plan, Step
+from .steps import Plan, Step, planned_renames
 
 
 def join_table_of(entity: str, fname: str, fjson: dict) -> tuple[str, str]:
@@ -136,23 +136,9 @@ def _add_deferred_foreign_key(operations: Operations, operation: AddDeferredFore
 # --- entity renames --------------------------------------------------------------------------------------
 
 def entity_renames(plan: Plan, old_entities: dict[str, dict], manifest) -> dict[str, str]:
-    """``{new name: old name}`` of the entities to rename: ``renamed_from:`` names an entity the database
-    has and the new name is not there yet. Any other ``renamed_from:`` changes nothing: it was applied
-    before (the note says so only when the stored manifest does not record it), or names no entity."""
-    renames = {}
-    for name, entity in manifest.entities.items():
-        previous = entity.renamed_from
-        if previous is None:
-            continue
-        if name in old_entities:
-            if old_entities[name].get("renamed_from") != previous:
-                plan.notes.append(f"entity '{name}' exists already: renamed_from '{previous}' renames nothing")
-        elif previous in old_entities:
-            renames[name] = previous
-        else:
-            plan.notes.append(f"entity '{name}' is renamed from '{previous}', which the database does not have: "
-                              f"{name} is created as a new entity")
-    return renames
+    """``{new name: old name}`` of the entities to rename (see :func:`~.steps.planned_renames`)."""
+    return planned_renames(plan, {n: e.renamed_from for n, e in manifest.entities.items() if e.renamed_from},
+                           old_entities, label=lambda n: f"entity '{n}'", instead="is created as a new entity")
 
 
 def under_new_names(old_entities: dict[str, dict], renames: dict[str, str]) -> dict[str, dict]:

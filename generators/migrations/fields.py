@@ -17,7 +17,7 @@ from .conversions import CONVERSIONS, conversion_steps
 from .entities import bare_column, join_table_of
 from .indexes import index_signatures
 from .refs import REF_CHANGES, ref_steps
-from .steps import BACKFILL_PAGE, SCHEMA_ATTRS, SCHEMA_PARAMS, Plan, Step, n_rows
+from .steps import BACKFILL_PAGE, SCHEMA_ATTRS, SCHEMA_PARAMS, Plan, Step, n_rows, planned_renames
 
 
 def diff_fields(plan: Plan, name: str, before: dict, entity, table: sa.Table,
@@ -247,23 +247,9 @@ def _remap_option(table_name: str, column: sa.Column, option: str, to: str | Non
 
 
 def _renames(plan: Plan, name: str, old_fields: dict, entity) -> dict[str, str]:
-    """``{new name: old name}`` of the fields to rename: ``renamed_from:`` names a field the database
-    has and the new name is not there yet. Any other ``renamed_from:`` changes nothing: it was applied
-    before (the note says so only when the stored manifest does not record it), or names no field."""
-    renames = {}
-    for fname, field_ in entity.fields.items():
-        previous = field_.renamed_from
-        if previous is None:
-            continue
-        if fname in old_fields:
-            if old_fields[fname].get("renamed_from") != previous:
-                plan.notes.append(f"{name}.{fname} exists already: renamed_from '{previous}' renames nothing")
-        elif previous in old_fields:
-            renames[fname] = previous
-        else:
-            plan.notes.append(f"{name}.{fname} is renamed from '{previous}', which the database does not have: "
-                              f"{fname} is added as a new field")
-    return renames
+    """``{new name: old name}`` of the fields to rename (see :func:`~.steps.planned_renames`)."""
+    return planned_renames(plan, {f: x.renamed_from for f, x in entity.fields.items() if x.renamed_from},
+                           old_fields, label=lambda f: f"{name}.{f}", instead="is added as a new field")
 
 
 def _renamable(plan: Plan, name: str, old: dict, new) -> bool:

@@ -18,7 +18,7 @@ from alembic.operations import ops
 from loomcrm.engine.manifest import Manifest
 
 from ..tables import NAMING_CONVENTION, ON_DELETE
-from .checks import count_where, described, sample_ids
+from .checks import copied_first, count_where, described, sample_ids
 from .steps import Plan, Step, n_rows
 
 __all__ = ["REF_CHANGES", "ref_steps", "RetargetCheck"]
@@ -97,7 +97,6 @@ class RetargetCheck:
                           f"longer used), or point it back at {self.old}")
         if allow_data_loss:
             return step, None
-        copied = " (the SQLite database is copied first)" if conn.dialect.name == "sqlite" else ""
         return step, (f"{what}, which mean nothing for {self.new}: run 'loom migrate --allow-data-loss' to clear "
-                      f"{'it' if count == 1 else 'them'}{copied}, or add a new ref field to {self.new} instead "
+                      f"{'it' if count == 1 else 'them'}{copied_first(conn)}, or add a new ref field to {self.new} instead "
                       f"and keep this one")

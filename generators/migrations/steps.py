@@ -84,3 +84,22 @@ class Plan:
 
 def n_rows(count: int) -> str:
     return f"{count} row" if count == 1 else f"{count} rows"
+
+
+def planned_renames(plan: Plan, renamed_from: dict[str, str], stored: dict[str, dict], *,
+                    label: Callable[[str], str], instead: str) -> dict[str, str]:
+    """``{new name: old name}`` of what to rename (fields of an entity, or entities): ``renamed_from:``
+    names something the database has and the new name is not there yet. Any other ``renamed_from:``
+    changes nothing: it was applied before (the note says so only when the stored manifest does not
+    record it), or it names nothing the database has (the new name ``instead``, e.g. is added as new)."""
+    renames = {}
+    for name, previous in renamed_from.items():
+        if name in stored:
+            if stored[name].get("renamed_from") != previous:
+                plan.notes.append(f"{label(name)} exists already: renamed_from '{previous}' renames nothing")
+        elif previous in stored:
+            renames[name] = previous
+        else:
+            plan.notes.append(f"{label(name)} is renamed from '{previous}', which the database does not have: "
+                              f"{name} {instead}")
+    return renames

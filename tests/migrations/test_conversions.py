@@ -19,7 +19,7 @@ from loomcrm.engine.fieldtypes import FieldValueError
 from loomcrm.engine.plugins import make_plugin_manager
 from loomcrm.engine.runtime.context import Context
 from loomcrm.engine.testing import compile_entities as manifest_of
-from loomcrm.engine.testing import compile_files, project_files
+from loomcrm.engine.testing import compile_files, project_files, sql_execute
 from loomcrm.engine.testing import sql_rows as rows
 from loomcrm.generators.migrations import plan_migration, render_sql
 
@@ -79,15 +79,6 @@ def indexes(url: str) -> set[str]:
         engine.dispose()
 
 
-def set_values(url: str, sql: str) -> None:
-    engine = create_db_engine(url)
-    try:
-        with engine.begin() as conn:
-            conn.exec_driver_sql(sql)
-    finally:
-        engine.dispose()
-
-
 @pytest.fixture
 def populated(db_url):
     manifest = manifest_of(config())
@@ -127,8 +118,8 @@ def test_text_becomes_integer_value_by_value_and_nothing_else_changes(populated)
 
 
 def test_rows_that_do_not_convert_refuse_the_plan_by_id_and_change_nothing(populated):
-    set_values(populated, "UPDATE account SET employees = 'about 50' WHERE id IN (3, 9)")
-    set_values(populated, "UPDATE account SET employees = '12.5' WHERE id = 11")
+    sql_execute(populated, "UPDATE account SET employees = 'about 50' WHERE id IN (3, 9)")
+    sql_execute(populated, "UPDATE account SET employees = '12.5' WHERE id = 11")
     snapshot = rows(populated, select("employees", "industry", "code"))
     schema = columns(populated)
     manifest = manifest_of(config(employees="{type: integer}"))
@@ -146,7 +137,7 @@ def test_rows_that_do_not_convert_refuse_the_plan_by_id_and_change_nothing(popul
 
 
 def test_allowing_data_loss_empties_only_the_rows_that_do_not_convert(populated):
-    set_values(populated, "UPDATE account SET employees = 'n/a' WHERE id = 4")
+    sql_execute(populated, "UPDATE account SET employees = 'n/a' WHERE id = 4")
     before = rows(populated, select("employees"))
     the_plan = migrate_manifest(manifest_of(config(employees="{type: integer}")), database_url=populated,
                                 allow_data_loss=True)
@@ -200,18 +191,14 @@ def test_numbers_dates_and_text_convert_both_ways(populated):
 def test_a_unique_field_keeps_its_constraint_through_a_type_change(populated):
     migrate_manifest(manifest_of(config(code="{type: text, unique: true}")), database_url=populated)
     assert "uq_account_code" in indexes(populated)
-    engine = create_db_engine(populated)
-    try:
-        with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
-            conn.exec_driver_sql("INSERT INTO account (name, code, version, created_at, updated_at) "
-                                 "VALUES ('x', 'C-001', 1, '2026-01-01', '2026-01-01')")
-    finally:
-        engine.dispose()
+    with pytest.raises(sa.exc.IntegrityError):
+        sql_execute(populated, "INSERT INTO account (name, code, version, created_at, updated_at) "
+                               "VALUES ('x', 'C-001', 1, '2026-01-01', '2026-01-01')")
 
 
 def test_a_conversion_that_breaks_a_constraint_half_way_leaves_schema_and_data_as_they_were(populated):
-    set_values(populated, "UPDATE account SET code = CAST(id AS VARCHAR(40))")
-    set_values(populated, "UPDATE account SET code = ' 7' WHERE id = 2")  # 7 twice once converted: unique breaks
+    sql_execute(populated, "UPDATE account SET code = CAST(id AS VARCHAR(40))")
+    sql_execute(populated, "UPDATE account SET code = ' 7' WHERE id = 2")  # 7 twice once converted: unique breaks
     before = rows(populated, select("name", "employees", "industry", "code"))
     schema, named = columns(populated), indexes(populated)
     with pytest.raises(sa.exc.IntegrityError):
@@ -222,7 +209,7 @@ def test_a_conversion_that_breaks_a_constraint_half_way_leaves_schema_and_data_a
 
 
 def test_shrinking_a_length_checks_every_value_first(populated):
-    set_values(populated, "UPDATE account SET code = 'a code much longer than twelve' WHERE id = 6")
+    sql_execute(populated, "UPDATE account SET code = 'a code much longer than twelve' WHERE id = 6")
     with pytest.raises(MigrationRefused) as info:
         migrate_manifest(manifest_of(config(code="{type: string, max_length: 12, unique: true}")),
                          database_url=populated)
@@ -230,7 +217,7 @@ def test_shrinking_a_length_checks_every_value_first(populated):
         "account.code changes max_length 40 -> 12, but 1 row does not convert (id 6 ('a code much longer than "
         "twelve'): must be at most 12 characters (got 30)): shorten those values first, or run 'loom migrate "
         "--allow-data-loss' to empty it"]
-    set_values(populated, "UPDATE account SET code = 'C-006' WHERE id = 6")
+    sql_execute(populated, "UPDATE account SET code = 'C-006' WHERE id = 6")
     before = rows(populated, select("code"))
     the_plan = migrate_manifest(manifest_of(config(code="{type: string, max_length: 12, unique: true}")),
                                 database_url=populated)
@@ -253,7 +240,7 @@ def test_growing_a_length_or_precision_needs_no_check(populated):
 
 
 def test_fewer_decimal_places_refuse_values_that_would_be_rounded(populated):
-    set_values(populated, "UPDATE account SET revenue = 10.5 WHERE id = 2")
+    sql_execute(populated, "UPDATE account SET revenue = 10.5 WHERE id = 2")
     with pytest.raises(MigrationRefused) as info:
         migrate_manifest(manifest_of(config(revenue="{type: decimal, precision: 12, scale: 0}")),
                          database_url=populated)
@@ -290,8 +277,8 @@ def test_a_map_naming_an_option_is_still_refused_when_the_config_compiles():
 
 
 def test_text_lists_become_multi_enum_items_and_yes_no_text_booleans(populated):
-    set_values(populated, "UPDATE account SET industry = 'Banking; retail, Software' WHERE id = 1")
-    set_values(populated, "UPDATE account SET founded = CASE WHEN MOD(id, 3) = 0 THEN 'yes' WHEN MOD(id, 3) = 1 "
+    sql_execute(populated, "UPDATE account SET industry = 'Banking; retail, Software' WHERE id = 1")
+    sql_execute(populated, "UPDATE account SET founded = CASE WHEN MOD(id, 3) = 0 THEN 'yes' WHEN MOD(id, 3) = 1 "
                           "THEN ' No ' ELSE NULL END")
     before = rows(populated, select("industry", "founded"))
     spec = "{type: multi_enum, options: [finance, retail, software], map: {Banking: finance, bank: finance}}"

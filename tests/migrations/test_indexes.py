@@ -14,7 +14,7 @@ from loomcrm.engine.database import create_db_engine
 from loomcrm.engine.plugins import make_plugin_manager
 from loomcrm.engine.runtime.context import Context
 from loomcrm.engine.testing import compile_entities as manifest_of
-from loomcrm.engine.testing import project_files
+from loomcrm.engine.testing import project_files, replaced, sql_execute
 from loomcrm.engine.testing import sql_rows as rows
 from loomcrm.generators.migrations import plan_migration, render_sql
 
@@ -45,11 +45,8 @@ def region_of(i: int) -> str | None:
     return ["north", "south", None][i % 3]
 
 
-def changed(yaml: str = BASE, **replacements: str) -> str:
-    for old, new in replacements.values():
-        assert old in yaml
-        yaml = yaml.replace(old, new)
-    return yaml
+def changed(yaml: str = BASE, **replacements: tuple[str, str]) -> str:
+    return replaced(yaml, **replacements)
 
 
 @pytest.fixture
@@ -92,20 +89,11 @@ def snapshot(url: str) -> tuple:
     return schema(url), rows(url, SELECT), rows(url, "SELECT count(*) FROM loom_migrations")
 
 
-def execute_sql(url: str, sql: str) -> None:
-    engine = create_db_engine(url)
-    try:
-        with engine.begin() as conn:
-            conn.exec_driver_sql(sql)
-    finally:
-        engine.dispose()
-
-
 def insert(url: str, name: str, **values: str) -> None:
     """One account written with plain SQL, below Loom's own checks: what the database itself accepts."""
     columns = ", ".join(["name", *values, "created_at", "updated_at"])
     literals = ", ".join([f"'{name}'", *(f"'{v}'" for v in values.values()), NOW, NOW])
-    execute_sql(url, f"INSERT INTO account ({columns}) VALUES ({literals})")
+    sql_execute(url, f"INSERT INTO account ({columns}) VALUES ({literals})")
 
 
 def test_unique_field_over_distinct_values_is_added_and_the_database_then_refuses_a_duplicate(populated):
@@ -148,7 +136,7 @@ def test_unique_field_over_duplicates_is_refused_naming_values_and_ids_and_nothi
 
 
 def test_one_duplicate_value_is_named_with_its_ids_and_fixing_the_rows_lets_the_constraint_on(populated):
-    execute_sql(populated, "UPDATE account SET email = 'a3@x.test' WHERE id IN (9, 12)")
+    sql_execute(populated, "UPDATE account SET email = 'a3@x.test' WHERE id IN (9, 12)")
     before = snapshot(populated)
     manifest = manifest_of(changed(email=(EMAIL, "email: {type: string, unique: true}")))
     with pytest.raises(MigrationRefused) as info:
@@ -158,7 +146,7 @@ def test_one_duplicate_value_is_named_with_its_ids_and_fixing_the_rows_lets_the_
         "'a3@x.test' (ids 3, 9, 12): change or merge")
     assert snapshot(populated) == before
 
-    execute_sql(populated, "UPDATE account SET email = NULL WHERE id IN (9, 12)")
+    sql_execute(populated, "UPDATE account SET email = NULL WHERE id IN (9, 12)")
     expected = rows(populated, SELECT)
     migrate_manifest(manifest, database_url=populated)
     assert rows(populated, SELECT) == expected
@@ -184,7 +172,7 @@ def test_unique_together_counts_only_groups_without_nulls(populated):
     assert snapshot(populated) == before
 
     for _, ids in shared:  # one row of each shared pair keeps its region
-        execute_sql(populated, f"UPDATE account SET region = NULL WHERE id IN ({', '.join(map(str, ids[1:]))})")
+        sql_execute(populated, f"UPDATE account SET region = NULL WHERE id IN ({', '.join(map(str, ids[1:]))})")
     expected = rows(populated, SELECT)
     the_plan = migrate_manifest(manifest_of(yaml), database_url=populated)
     assert ("add unique constraint uq_account_code_region on account (data check: no duplicate values)"
@@ -241,8 +229,8 @@ def test_named_unique_index_is_checked_then_created_and_dropped_again(populated)
     with pytest.raises(sa.exc.IntegrityError):
         insert(populated, "Twin", email="a1@x.test", region="south")
 
-    execute_sql(populated, "DROP INDEX ix_account_contact")
-    execute_sql(populated, "UPDATE account SET email = 'a1@x.test', region = 'south' WHERE id = 4")
+    sql_execute(populated, "DROP INDEX ix_account_contact")
+    sql_execute(populated, "UPDATE account SET email = 'a1@x.test', region = 'south' WHERE id = 4")
     with pytest.raises(MigrationRefused) as info:  # checked like a constraint: the ids holding the value
         migrate_manifest(manifest_of(unique.replace("ix_account_contact", "ix_account_reach")), database_url=populated)
     assert info.value.plan.refused[0].startswith(
@@ -312,7 +300,7 @@ def test_a_default_filling_rows_of_a_new_unique_field_counts_as_their_value(popu
         "fills the rows without one (4 rows in all): 'nobody@x.test' (ids 5, 10, 15, 20): change or merge")
     assert snapshot(populated) == before
 
-    execute_sql(populated, "UPDATE account SET email = 'a' || id || '@y.test' WHERE id IN (5, 10, 15)")
+    sql_execute(populated, "UPDATE account SET email = 'a' || id || '@y.test' WHERE id IN (5, 10, 15)")
     expected = rows(populated, SELECT)
     the_plan = migrate_manifest(manifest_of(changed(email=(EMAIL, required))), database_url=populated)
     assert "add unique constraint uq_account_email on account (data check: no duplicate values)" in the_plan.render()

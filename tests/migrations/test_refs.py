@@ -13,6 +13,7 @@ from loomcrm.engine.database import create_db_engine
 from loomcrm.engine.plugins import make_plugin_manager
 from loomcrm.engine.runtime.context import Context
 from loomcrm.engine.testing import compile_entities as manifest_of
+from loomcrm.engine.testing import replaced, sql_execute
 from loomcrm.engine.testing import sql_rows as rows
 from loomcrm.generators.migrations import plan_migration, render_sql
 
@@ -41,10 +42,7 @@ ACCOUNT_OF = {i: None if i % 4 == 0 else i % 3 + 1 for i in range(1, 13)}  # con
 
 
 def changed(yaml: str = BASE, **replacements: tuple[str, str]) -> str:
-    for old, new in replacements.values():
-        assert old in yaml
-        yaml = yaml.replace(old, new)
-    return yaml
+    return replaced(yaml, **replacements)
 
 
 @pytest.fixture
@@ -93,16 +91,6 @@ def snapshot(url: str) -> tuple:
             rows(url, DEALS), rows(url, "SELECT count(*) FROM loom_migrations"))
 
 
-def execute(url: str, sql: str) -> None:
-    """Plain SQL with foreign keys enforced (SQLite too): what the database itself does."""
-    engine = create_db_engine(url)
-    try:
-        with engine.begin() as conn:
-            conn.exec_driver_sql(sql)
-    finally:
-        engine.dispose()
-
-
 @pytest.mark.parametrize(("on_delete", "ondelete", "left_of_account_1"), [
     ("cascade", "CASCADE", []),
     ("restrict", "RESTRICT", None),  # None: the delete is refused
@@ -124,18 +112,18 @@ def test_on_delete_change_keeps_every_value_and_deleting_a_parent_has_the_new_ef
     assert holding
     if left_of_account_1 is None:
         with pytest.raises(sa.exc.IntegrityError):
-            execute(populated, "DELETE FROM account WHERE id = 1")
+            sql_execute(populated, "DELETE FROM account WHERE id = 1")
         assert rows(populated, CONTACTS) == before
     else:
-        execute(populated, "DELETE FROM account WHERE id = 1")
+        sql_execute(populated, "DELETE FROM account WHERE id = 1")
         assert rows(populated, CONTACTS) == [r for r in before if r[2] != 1]
 
 
 def test_on_delete_restrict_to_set_null_lets_a_parent_go_and_empties_the_refs(populated):
-    execute(populated, "DELETE FROM deal WHERE id = 3")
+    sql_execute(populated, "DELETE FROM deal WHERE id = 3")
     before = rows(populated, DEALS)
     with pytest.raises(sa.exc.IntegrityError):  # restrict, as created
-        execute(populated, "DELETE FROM contact WHERE id = 10")
+        sql_execute(populated, "DELETE FROM contact WHERE id = 10")
     yaml = changed(owner=(OWNER, "owner_contact: {type: ref, to: contact, on_delete: set_null}"))
     the_plan = migrate_manifest(manifest_of(yaml), database_url=populated)
     text = the_plan.render()
@@ -143,7 +131,7 @@ def test_on_delete_restrict_to_set_null_lets_a_parent_go_and_empties_the_refs(po
     assert ("replace foreign key fk_deal_owner_contact_id_contact with fk_deal_owner_contact_id_contact on deal "
             "(deal.owner_contact: ON DELETE RESTRICT -> SET NULL)") in text
     assert rows(populated, DEALS) == before
-    execute(populated, "DELETE FROM contact WHERE id = 10")
+    sql_execute(populated, "DELETE FROM contact WHERE id = 10")
     assert rows(populated, DEALS) == [(1, "D1", None, before[0][3]), before[1]]
 
 
@@ -181,19 +169,19 @@ def test_new_target_with_data_loss_allowed_clears_only_the_ref_and_points_at_the
     assert plan_manifest(manifest, database_url=populated).plan.empty
 
     with pytest.raises(sa.exc.IntegrityError):  # account 3 exists, company 3 does not
-        execute(populated, "UPDATE contact SET account_id = 3 WHERE id = 1")
+        sql_execute(populated, "UPDATE contact SET account_id = 3 WHERE id = 1")
     loom = Loom.from_manifest(manifest, make_plugin_manager(), database_url=populated)
     try:  # the API takes company ids now, and a company's delete cascades to its contacts
         contact = loom.entity("contact")
         assert loom.records.update(contact, 5, {"account": 2}, Context())["account"] == 2
     finally:
         loom.close()
-    execute(populated, "DELETE FROM company WHERE id = 2")
+    sql_execute(populated, "DELETE FROM company WHERE id = 2")
     assert 5 not in [r[0] for r in rows(populated, CONTACTS)] and len(rows(populated, CONTACTS)) == 11
 
 
 def test_new_target_of_an_empty_column_swaps_the_foreign_key_without_the_flag(populated):
-    execute(populated, "UPDATE contact SET account_id = NULL")
+    sql_execute(populated, "UPDATE contact SET account_id = NULL")
     before = rows(populated, CONTACTS)
     yaml = changed(account=(ACCOUNT, "account: {type: ref, to: company, on_delete: set_null}"))
     the_plan = migrate_manifest(manifest_of(yaml), database_url=populated)
@@ -201,8 +189,8 @@ def test_new_target_of_an_empty_column_swaps_the_foreign_key_without_the_flag(po
     assert rows(populated, CONTACTS) == before
     assert foreign_keys(populated, "contact") == [("fk_contact_account_id_company", "account_id", "company",
                                                    "SET NULL")]
-    execute(populated, "UPDATE contact SET account_id = 2 WHERE id = 5")
-    execute(populated, "DELETE FROM company WHERE id = 2")
+    sql_execute(populated, "UPDATE contact SET account_id = 2 WHERE id = 5")
+    sql_execute(populated, "DELETE FROM company WHERE id = 2")
     assert rows(populated, "SELECT account_id FROM contact WHERE id = 5") == [(None,)]
 
 

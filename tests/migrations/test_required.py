@@ -13,7 +13,7 @@ from loomcrm.engine.errors import ConfigErrors
 from loomcrm.engine.plugins import make_plugin_manager
 from loomcrm.engine.runtime.context import Context
 from loomcrm.engine.testing import compile_entities as manifest_of
-from loomcrm.engine.testing import project_files
+from loomcrm.engine.testing import project_files, sql_execute
 from loomcrm.engine.testing import sql_rows as rows
 from loomcrm.generators.migrations import plan_migration, render_sql
 
@@ -80,13 +80,9 @@ def test_required_with_default_fills_only_the_rows_without_a_value(populated):
         assert loom.records.create(loom.entity("account"), {"name": "New"}, Context())["industry"] == "other"
     finally:
         loom.close()
-    engine = create_db_engine(populated)
-    try:
-        with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
-            conn.exec_driver_sql("INSERT INTO account (name, industry, version, created_at, updated_at) "
-                                 "VALUES ('x', NULL, 1, '2026-01-01', '2026-01-01')")
-    finally:
-        engine.dispose()
+    with pytest.raises(sa.exc.IntegrityError):
+        sql_execute(populated, "INSERT INTO account (name, industry, version, created_at, updated_at) "
+                               "VALUES ('x', NULL, 1, '2026-01-01', '2026-01-01')")
 
 
 def test_backfill_expression_reads_other_fields_of_each_row(populated):
@@ -121,10 +117,7 @@ def test_required_without_default_or_backfill_is_refused_with_count_and_sample_i
 
 
 def test_required_is_applied_when_no_row_lacks_a_value(populated):
-    engine = create_db_engine(populated)
-    with engine.begin() as conn:
-        conn.exec_driver_sql("UPDATE account SET industry = 'filled' WHERE industry IS NULL")
-    engine.dispose()
+    sql_execute(populated, "UPDATE account SET industry = 'filled' WHERE industry IS NULL")
     before = rows(populated, SELECT)
     the_plan = migrate_manifest(manifest_of(changed("{type: string, required: true}")), database_url=populated)
     assert "set account.industry NOT NULL (data check: 0 rows without a value)" in the_plan.render()
