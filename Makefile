@@ -50,6 +50,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/security.py
 	$(BIN)/python bench/rules.py
 	$(BIN)/python bench/migrate.py
+	$(BIN)/python bench/ui.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info examples/*/*.db* examples/*/*/*.db* examples/*/*/*.bak

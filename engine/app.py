@@ -131,9 +131,10 @@ class Loom:
 
         @get("/", include_in_schema=False, sync_to_thread=False, media_type=MediaType.HTML)
         def index() -> Response:
-            page = templates.get_template("index.html").render(locale=default_locale, entities=listed)
+            page = templates.get_template("index.html").render(locale=default_locale, entities=listed,
+                                                               admin_path=self.manifest.admin_path)
             return Response(page, media_type=MediaType.HTML, headers={
-                "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'"})
+                "Content-Security-Policy": "default-src 'none'; style-src 'self'"})
 
         return Litestar(
             route_handlers=[*routers, health, index],

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from .errors import Problem
     from .fieldtypes import FieldType
     from .manifest import Entity, Manifest
-    from .plugins import PluginCommand
+    from .plugins import AdminPage, PluginCommand
     from .runtime.context import Context
 
 __all__ = ["hookimpl", "hookspec", "PROJECT_NAME"]
@@ -145,6 +145,20 @@ def loom_jinja_environment(env: jinja2.Environment, manifest: Manifest) -> None:
     Called once per app when the environment is built.
 
     :param env: the environment (mutable).
+    """
+
+
+@hookspec
+def loom_admin_pages(loom: Loom) -> list[AdminPage] | None:
+    """Add pages to the admin app, each with an entry in its side nav after the entities.
+
+    Called once per app while its routes are built. The pages of all implementations are served,
+    under the admin path, to signed-in users only (visitors are sent to the sign-in page), with the
+    admin app's Content-Security-Policy; the menu lists them in the order they come.
+
+    :param loom: the app (:class:`~loomcrm.engine.app.Loom`): its manifest, records and templates.
+    :return: :class:`~loomcrm.engine.plugins.AdminPage` objects (path, title per locale, template,
+        context function), or None.
     """
 
 

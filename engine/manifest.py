@@ -20,7 +20,7 @@ __all__ = ["Manifest", "Entity", "Field", "Relation", "Index", "Rule", "SYSTEM_F
 
 #: Loom's own tables beside the entities' (created by migrations like entity tables).
 SYSTEM_TABLES = ("loom_audit", "loom_credential", "loom_session", "loom_token", "loom_login_failure", "loom_counter",
-                 "loom_schedule_mark", "loom_outbox", "loom_webhook", "loom_webhook_delivery")
+                 "loom_schedule_mark", "loom_outbox", "loom_webhook", "loom_webhook_delivery", "loom_saved_view")
 
 #: Columns every entity has, in table order. ``id`` comes first, the rest after the entity's fields.
 SYSTEM_FIELDS = ("id", "created_at", "updated_at", "created_by", "updated_by", "owner", "version")

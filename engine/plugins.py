@@ -23,7 +23,7 @@ from . import hookspecs
 from .errors import ConfigError, ConfigErrors, Location, Problem
 from .fieldtypes import FieldType
 
-__all__ = ["PluginCommand", "make_plugin_manager", "field_types", "call_hook", "emit_event", "describe_plugins", "ENTRY_POINT_GROUP",
+__all__ = ["AdminPage", "PluginCommand", "make_plugin_manager", "field_types", "call_hook", "emit_event", "describe_plugins", "ENTRY_POINT_GROUP",
            "LOCAL_PLUGINS"]
 
 ENTRY_POINT_GROUP = "loomcrm.plugins"
@@ -213,6 +213,39 @@ class PluginCommand:
     help: str
     run: Any
     arguments: Any = None
+
+
+# --- pages plugins add to the admin app ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AdminPage:
+    """A page a plugin adds to the admin app, with its entry in the side nav (returned by
+    ``loom_admin_pages``). Only signed-in users see it; visitors are sent to the sign-in page.
+
+    :ivar path: where it is, below the admin app: ``"forecast"`` is ``/admin/forecast``. Letters, digits,
+        ``-``, ``_`` and ``/``; neither an entity's plural nor one of the app's own paths (``login``,
+        ``logout``, ``locale``, ``static``).
+    :ivar title: the menu entry's text: a string, or ``{locale: text}`` like a config label.
+    :ivar template: the jinja2 template rendered, by its full name (``"acme/forecast.html"``), found through
+        the same loader chain as Loom's own (give its folder with ``loom_template_dirs``). It gets the
+        context of every admin page (docs/templates.md) plus ``title`` and what ``context`` returns;
+        extend ``admin/base.html`` to get the header and the menu.
+    :ivar context: ``context(request, ctx) -> dict`` of template variables, called for every request
+        with litestar's request and the caller's :class:`~loomcrm.engine.runtime.context.Context` (read
+        through ``loom.records`` with it, so the caller's roles apply). Raise ``Problem(403)`` or
+        ``Problem(404)`` for the admin app's error page; return a litestar ``Response`` to answer yourself.
+    :ivar allowed: ``allowed(ctx) -> bool``: who may open the page (default: every signed-in user);
+        for others the menu leaves the entry out and the page answers 403.
+    :ivar menu: False to serve the page without a menu entry.
+    """
+
+    path: str
+    title: str | dict[str, str]
+    template: str
+    context: Any = None
+    allowed: Any = None
+    menu: bool = True
 
 
 # --- what is loaded ----------------------------------------------------------------------------------

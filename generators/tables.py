@@ -16,7 +16,8 @@ if TYPE_CHECKING:
     from loomcrm.engine.manifest import Entity, Manifest
 
 __all__ = ["NAMING_CONVENTION", "build_metadata", "JSONValue", "UTCDateTime", "id_type", "MIGRATIONS_TABLE",
-           "AUDIT_TABLE", "audit_table", "CREDENTIAL_TABLE", "credential_table", "webhook_tables"]
+           "AUDIT_TABLE", "audit_table", "CREDENTIAL_TABLE", "credential_table", "webhook_tables",
+           "SAVED_VIEW_TABLE", "saved_view_table"]
 
 NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
@@ -28,6 +29,7 @@ NAMING_CONVENTION = {
 MIGRATIONS_TABLE = "loom_migrations"
 AUDIT_TABLE = "loom_audit"
 CREDENTIAL_TABLE = "loom_credential"
+SAVED_VIEW_TABLE = "loom_saved_view"
 ON_DELETE = {"restrict": "RESTRICT", "cascade": "CASCADE", "set_null": "SET NULL"}
 
 
@@ -83,6 +85,7 @@ def build_metadata(manifest: Manifest) -> sa.MetaData:
     auth_tables(metadata)
     automation_tables(metadata)
     webhook_tables(metadata)
+    saved_view_table(metadata)
     return metadata
 
 
@@ -305,3 +308,19 @@ def webhook_tables(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table, sa.Table]
         info={"system": True},
     )
     return outbox, subscriptions, deliveries
+
+
+def saved_view_table(metadata: sa.MetaData) -> sa.Table:
+    """The admin lists' saved views: a user's named filters and sort of one entity's list, kept as the
+    list URL's query text (the API's syntax), so a view is re-checked against the config when opened."""
+    return sa.Table(
+        SAVED_VIEW_TABLE, metadata,
+        sa.Column("id", id_type(), primary_key=True, autoincrement=True),
+        sa.Column("user_id", id_type(), sa.ForeignKey("user.id", ondelete="CASCADE"), nullable=False),
+        sa.Column("entity", sa.String(64), nullable=False),
+        sa.Column("name", sa.String(100), nullable=False),
+        sa.Column("query", sa.Text(), nullable=False),
+        sa.Column("created_at", UTCDateTime(), nullable=False),
+        sa.UniqueConstraint("user_id", "entity", "name"),
+        info={"system": True},
+    )

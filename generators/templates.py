@@ -1,6 +1,7 @@
 """The jinja2 environment of an app: templates are looked up in the project's ``templates/`` folder
 (an overlay's before its base's), then in the folders plugins name (``loom_template_dirs``), then in
-Loom's own ``generators/templates/``; so a project or plugin overrides any template by its name.
+Loom's own ``generators/templates/``; so a project or plugin overrides any template by its name, and
+its override can extend the built-in one as ``loom/<name>`` (``{% extends "loom/admin/list.html" %}``).
 Plugins add filters, globals and tests through ``loom_jinja_environment``.
 """
 
@@ -27,7 +28,9 @@ def template_environment(manifest: Manifest, pm: pluggy.PluginManager,
     dirs = [Path(d) / PROJECT_TEMPLATES for d in project_dirs]
     dirs += [Path(d) for result in call_hook(pm, "loom_template_dirs") for d in result or ()]
     loaders = [jinja2.FileSystemLoader(str(d)) for d in dirs if d.is_dir()]
-    env = jinja2.Environment(loader=jinja2.ChoiceLoader([*loaders, jinja2.FileSystemLoader(str(BUILT_IN))]),
+    built_in = jinja2.FileSystemLoader(str(BUILT_IN))
+    # "loom/<name>" always reaches Loom's own template, so an override can extend the one it replaces
+    env = jinja2.Environment(loader=jinja2.ChoiceLoader([*loaders, built_in, jinja2.PrefixLoader({"loom": built_in})]),
                              autoescape=jinja2.select_autoescape(("html", "xml")), trim_blocks=True,
                              lstrip_blocks=True, undefined=jinja2.StrictUndefined)
     env.globals["app_name"] = manifest.app_name

@@ -14,26 +14,51 @@ import hashlib
 import hmac
 import re
 from collections.abc import Callable
+from functools import cached_property
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import parse_qsl, quote, urlencode
 
 from litestar import MediaType, Request, Response, Router, get, post
 from litestar.concurrency import sync_to_thread
-from litestar.datastructures import CacheControlHeader
-from litestar.exceptions import HTTPException
+from litestar.datastructures import CacheControlHeader, FormMultiDict
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.params import FromPath
 from litestar.response import Redirect
 from litestar.static_files import create_static_files_router
+from markupsafe import escape
 
 from loomcrm.engine.errors import Problem
-from loomcrm.engine.manifest import Entity
+from loomcrm.engine.manifest import Entity, text_for
 from loomcrm.engine.plugins import AdminPage, call_hook
 from loomcrm.engine.runtime.auth import SESSION_COOKIE
 from loomcrm.engine.runtime.context import Context
 from loomcrm.engine.runtime.query import Filter, ListQuery, parse_list_params
 
+from .lists import (
+    FEW_CHOICES,
+    SYSTEM_FILTERS,
+    SavedViews,
+    active_filters,
+    bulk_actions,
+    chosen_refs,
+    filter_controls,
+    filter_messages,
+    list_params,
+    ref_target,
+    view_query,
+)
 from .messages import LANGUAGE_NAMES, translator
-from .views import display, form_sections, label, list_columns
+from .views import (
+    display,
+    field_view,
+    form_sections,
+    label,
+    level_of,
+    list_columns,
+    local_input,
+    searchable_fields,
+)
 
 __all__ = ["AdminPages", "admin_routers", "STATIC"]
 
@@ -45,6 +70,13 @@ HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", 
 LOCALE_COOKIE = "loom_locale"
 #: Fields of the form that are not record fields.
 FORM_KEYS = ("_csrf", "_version", "_next")
+#: Rows a related list shows on a record page; hits per entity of the global search and of a ref lookup.
+RELATED_ROWS, SEARCH_HITS, LOOKUP_HITS = 10, 5, 10
+#: A chosen record in a ref input: ``<title> #<id>``.
+REF_TEXT = re.compile(r"(?:^#?|\s#)(\d{1,18})\s*$")
+CHOSEN = re.compile(r"\s*#\d{1,18}\s*$")
+#: A field given with a transition: ``fields[<name>]`` (and its ``__present`` marker).
+TRANSITION_FIELD = re.compile(r"^fields\[([^\[\]]+)\](.*)$")
 
 
 class NotSignedIn(Exception):
@@ -74,10 +106,21 @@ class AdminPages:
             raise
         if ctx.actor is None:
             raise NotSignedIn
+        locales = self.manifest.locales
+        own = ctx.access.user.get("locale") if ctx.access is not None else self.own_locale(ctx.actor)
         chosen = request.cookies.get(LOCALE_COOKIE)
-        if chosen in self.manifest.locales and not (ctx.access and ctx.access.user.get("locale")):
+        if own in locales:  # chosen with the language switch, on any device: beats the cookie and the browser
+            ctx.locale = own
+        elif chosen in locales:
             ctx.locale = chosen
         return ctx
+
+    def own_locale(self, actor: int) -> str | None:
+        """The ``user.locale`` of a user, where no roles give the caller's Access (which holds it)."""
+        users = self.loom.entity("user")
+        query = ListQuery(filters=[Filter(users.fields["id"], "eq", actor)], limit=1, fields=["id", "locale"])
+        found = self.records.list(users, query, Context(channel="admin"))["data"]
+        return found[0].get("locale") if found else None
 
     def locale(self, ctx: Context | None, request: Request | None = None) -> str:
         """The reader's language: the signed-in user's (their ``user.locale``, else the language cookie,
@@ -140,7 +183,8 @@ class AdminPages:
         signed_in = ctx is not None and ctx.actor is not None
         page = self.env.select_template(names).render(
             t=translator(locale), locale=locale, locales=self.manifest.locales, prefix=self.prefix, url=self.url,
-            language_names=LANGUAGE_NAMES, csrf=self.csrf(request) if signed_in else "", user=self.user_name(ctx),
+            language_names=LANGUAGE_NAMES, csrf=self.csrf(request) if signed_in else "", signed_in=signed_in,
+            user=self.user_name(ctx),
             nav=[{"plural": e.plural, "label": label(e.plural_label, locale)} for e in self.entities_for(ctx)]
             if signed_in else [], menu=self.menu(ctx, locale) if signed_in else [], entity=entity,
             request_path=request.url.path, entity_label=(lambda e: label(e.label, locale)), **values)
@@ -173,23 +217,125 @@ class AdminPages:
             cards.append({"plural": entity.plural, "label": label(entity.plural_label, locale), "count": total})
         return self.render(request, "home", ctx, cards=cards)
 
-    def list_page(self, request: Request, ctx: Context, entity: Entity) -> Response:
+    @cached_property
+    def saved_views(self) -> SavedViews:
+        return SavedViews(self.loom)
+
+    def list_page(self, request: Request, ctx: Context, entity: Entity, *, params: list[tuple[str, str]] | None = None,
+                  report: dict | None = None, status: int = 200) -> Response:
+        """The list: a filter bar from the field types, sortable columns, keyset pages, the total, saved
+        views and bulk actions. The URL holds the state (the API's query syntax); a bad filter value is
+        shown inline (400), never an error page. An htmx request for ``#records`` gets the table only."""
         locale = self.locale(ctx)
-        params = [(k, v) for k, v in request.query_params.multi_items() if v != "" and not k.startswith("_")]
+        t = translator(locale)
+        if params is None:
+            params = chosen_refs(self.manifest, entity, list_params(request.query_params.multi_items()))
         columns = list_columns(self.manifest, entity, ctx.access, locale)
-        refs = [c.name for c in columns if c.widget == "ref"]
-        query = parse_list_params(entity, params)
-        query.expand = refs
-        query.count = True
-        if not query.sort:
-            query.sort = []
-        page = self.records.list(entity, query, ctx)
-        rows = [{"id": r["id"], "cells": [display(c, shown(self.manifest, c, r.get(c.name)), locale) for c in columns]}
-                for r in page["data"]]
+        choices = self.ref_choices(entity, ctx)
+        controls = filter_controls(self.manifest, entity, ctx.access, locale, params, [c.name for c in columns],
+                                   choices)
+        rows, count, next_cursor, errors, general = [], None, None, {}, []
+        try:
+            query = parse_list_params(entity, params)
+        except Problem as exc:
+            if exc.status != 400:
+                raise
+            errors, general = filter_messages(exc, controls)
+            status = 400
+        else:
+            query.expand = [c.name for c in columns if c.widget == "ref"]
+            query.count = True
+            page = self.records.list(entity, query, ctx)
+            rows = [{"id": r["id"], "version": r.get("version"),
+                     "cells": [display(c, shown(self.manifest, c, r.get(c.name)), locale) for c in columns]}
+                    for r in page["data"]]
+            count, next_cursor = page.get("count"), page.get("next_cursor")
         sort = dict(params).get("sort", "")
-        return self.render(request, "list", ctx, entity=entity, columns=columns, rows=rows, count=page.get("count"),
-                           next_cursor=page.get("next_cursor"), sort=sort, params=params,
-                           query_without=lambda *keys: [(k, v) for k, v in params if k not in keys])
+        current = view_query(params)
+        views = [{**v, "current": sorted(v["params"]) == sorted(parse_qsl(current))}
+                 for v in self.saved_views.of(ctx.actor, entity)] if ctx.actor is not None else []
+        partial = request.headers.get("hx-request") == "true" and request.headers.get("hx-target") == "records"
+        base = self.url(entity.plural)
+        return self.render(
+            request, "_table" if partial else "list", ctx, entity=entity,
+            status=200 if partial else status,  # htmx swaps 2xx answers only: the message must reach the table
+            columns=columns, rows=rows, count=count, next_cursor=next_cursor, sort=sort, params=params,
+            query_without=lambda *keys: [(k, v) for k, v in params if k not in keys], list_url=base,
+            controls=controls, filter_errors=errors, filter_general=general,
+            chips=active_filters(params, controls, t),
+            clear_url=base + ("?" + urlencode([("sort", sort)]) if sort else ""), query_text=urlencode(params),
+            views=views, view_query=current, actions=bulk_actions(entity, ctx.access, self.records.transitions.of(entity),
+                                                                  locale, t),
+            can_create=ctx.access is None or ctx.access.can(entity, "create"), report=report, partial=partial,
+            page_title=label(entity.plural_label, locale) or entity.plural)
+
+    def ref_choices(self, entity: Entity, ctx: Context) -> dict[str, list[tuple[str, str]]]:
+        """For each filterable ref field whose target has few records the caller may read, those records
+        as ``(id, title)``: the filter bar offers them in a select."""
+        found: dict[str, list[tuple[str, str]]] = {}
+        for f in entity.fields.values():
+            if ref_target(self.manifest, f) is None or f.column is None or \
+                    (f.system and f.name not in SYSTEM_FILTERS) or level_of(ctx.access, entity, f.name) == "hidden":
+                continue
+            target = self.manifest.entities[ref_target(self.manifest, f)]
+            if ctx.access is not None and not (ctx.access.can(target, "read")
+                                               and level_of(ctx.access, target, target.title) != "hidden"):
+                continue
+            fields = ["id", target.title] if target.title in target.fields else ["id"]
+            try:
+                page = self.records.list(target, ListQuery(limit=FEW_CHOICES, fields=fields, sort=[
+                    (target.fields["id"], False)]), ctx)
+            except Problem:
+                continue
+            if page.get("next_cursor") is None:
+                found[f.name] = [(str(r["id"]), str(r.get(target.title) or f"#{r['id']}")) for r in page["data"]]
+        return found
+
+    def bulk(self, request: Request, ctx: Context, entity: Entity, form) -> Response:
+        """Apply a bulk action to the selected records (``ids``: ``id:version``; with ``_all``, every
+        record of the page the form came from), each in its own transaction through the pipeline; the
+        list comes back with how many succeeded and why the others did not."""
+        t = translator(self.locale(ctx))
+        action = str(form.get("action") or "")
+        allowed = dict(bulk_actions(entity, ctx.access, self.records.transitions.of(entity), self.locale(ctx), t))
+        if action not in allowed:
+            raise Problem(403, "Forbidden", detail=f"you may not apply '{action}' to {entity.name} records")
+        picked = form.getall("_page", []) if form.get("_all") else form.getall("ids", [])
+        chosen: dict[int, int | None] = {}
+        for item in picked:
+            record_id, _, version = str(item).partition(":")
+            if record_id.isdigit():
+                chosen[int(record_id)] = int(version) if version.isdigit() else None
+        done, failed = 0, []
+        for record_id, version in chosen.items():
+            try:
+                if action == "delete":
+                    self.records.delete(entity, record_id, ctx, version=version)
+                else:
+                    self.records.transitions.fire(entity, record_id, action.split(":", 1)[1], ctx, version=version)
+                done += 1
+            except Problem as exc:
+                reasons = [str(e.get("message")) for e in exc.errors or () if e.get("message")]
+                failed.append({"id": record_id, "reason": "; ".join([exc.detail or exc.title, *reasons][:3])})
+        report = {"action": allowed[action], "done": done, "failed": failed, "empty": not chosen}
+        params = list_params(parse_qsl(str(form.get("_query") or "")))
+        return self.list_page(request, ctx, entity, params=[(k, v) for k, v in params if k != "cursor"],
+                              report=report)
+
+    def save_view(self, request: Request, ctx: Context, entity: Entity, form) -> Response:
+        """Save the list's current filters and sort under a name, for the signed-in user only."""
+        if ctx.access is not None:
+            ctx.access.require(entity, "read")
+        query = view_query(list_params(parse_qsl(str(form.get("_query") or ""))))
+        parse_list_params(entity, parse_qsl(query))  # a view holds a query the list can run (400 otherwise)
+        self.saved_views.save(ctx.actor, entity, str(form.get("name") or ""), query)
+        return Redirect(self.url(entity.plural) + ("?" + query if query else ""), status_code=303)
+
+    def delete_view(self, request: Request, ctx: Context, entity: Entity, view_id: int, form) -> Response:
+        self.saved_views.delete(ctx.actor, view_id)
+        query = str(form.get("_query") or "")
+        return Redirect(self.url(entity.plural) + ("?" + urlencode(list_params(parse_qsl(query))) if query else ""),
+                        status_code=303)
 
     def record_page(self, request: Request, ctx: Context, entity: Entity, record_id: int, *,
                     message: str = "", errors: list[dict] | None = None, values: dict | None = None,
@@ -203,6 +349,8 @@ class AdminPages:
         shown_sections = [{"title": s.title, "fields": [
             {"view": v, "text": display(v, shown(self.manifest, v, record.get(v.name)), locale)} for v in s.fields]}
             for s in sections]
+        if isinstance(record.get("owner"), int):  # a user id: shown by the user's name
+            record["owner"] = self.user_names({record["owner"]}).get(record["owner"]) or record["owner"]
         transitions = self.workflow_actions(entity, record_id, ctx, locale)
         field_errors: dict[str, list[str]] = {}
         general = []
@@ -230,8 +378,8 @@ class AdminPages:
             return []
         items = self.records.transitions.available(entity, record_id, ctx)["data"]
         for item in items:
-            item["inputs"] = [field_view(self.manifest, entity, entity.fields[n], locale,
-                                         level_of(ctx.access, entity, n))
+            item["inputs"] = [dataclasses.replace(field_view(self.manifest, entity, entity.fields[n], locale,
+                                                             level_of(ctx.access, entity, n)), required=True)
                               for n in item["needs"] if n in entity.fields
                               and level_of(ctx.access, entity, n) != "hidden"]
         return items
@@ -258,7 +406,7 @@ class AdminPages:
                 raise
             rows = [{"id": r["id"], "cells": [display(c, shown(self.manifest, c, r.get(c.name)), locale)
                                               for c in columns]} for r in page["data"]]
-            field = child.fields.get(relation.field)
+            field = None if many and relation.owner_side else child.fields.get(relation.field)
             may_link = field is not None and (ctx.access is None or (ctx.access.can(child, "create")
                                                                      and ctx.access.level(child, field.name) == "write"))
             lists.append({
@@ -345,42 +493,205 @@ class AdminPages:
 
     def form_page(self, request: Request, ctx: Context, entity: Entity, record: dict | None, *,
                   values: dict | None = None, errors: list[dict] | None = None, status: int = 200,
-                  notice: str = "", theirs: dict | None = None) -> Response:
+                  notice: str = "", theirs: dict | None = None, differences: list[dict] | None = None) -> Response:
+        """The create or edit form. A new record's form takes initial values from the query string
+        (``?account=12``, as a related list's "New" link gives). Errors on inputs show beside them; the
+        others (rules without fields, read-only fields, refusals) at the top."""
         locale = self.locale(ctx)
         creating = record is None
         sections = form_sections(self.manifest, entity, ctx.access, locale, creating=creating)
+        views = {v.name: v for s in sections for v in s.fields}
+        if creating and values is None:
+            given = [(k, v) for k, v in request.query_params.multi_items() if k in views and views[k].editable]
+            values = form_values(entity, FormMultiDict(given)) if given else {}
         data = dict(record or {})
         data.update(values or {})
         by_field: dict[str, list[str]] = {}
         general = []
         for error in errors or []:
             name = str(error.get("field") or "").split(".")[0].split("[")[0]
-            (by_field.setdefault(name, []) if name in entity.fields else general).append(error["message"])
+            view = views.get(name)
+            if view is not None and view.editable:
+                by_field.setdefault(name, []).append(error["message"])
+            elif view is not None and not error["message"].startswith(f"{entity.name}.{name} "):
+                general.append(f"{view.label}: {error['message']}")
+            else:
+                general.append(error["message"])
+        ids: dict[str, set[int]] = {}
+        for view in views.values():
+            if view.target:
+                value = data.get(view.name)
+                ids.setdefault(view.target, set()).update(
+                    v for v in (value if isinstance(value, list) else [value]) if isinstance(v, int))
+            elif view.widget == "datetime":
+                data[view.name] = local_input(data.get(view.name), view.timezone)
+        titles = {plural: self.titles(self.by_plural[plural], found, ctx) for plural, found in ids.items()}
+        texts = {n: self.text_of(v, data.get(n), titles.get(v.target, {}), locale)
+                 for n, v in views.items() if not v.editable}
         return self.render(request, "form", ctx, status=status, entity=entity, record=record, sections=sections,
                            data=data, errors=by_field, general=general, creating=creating, notice=notice,
-                           theirs=theirs)
+                           theirs=theirs, differences=differences or [], titles=titles, texts=texts)
 
     def save(self, request: Request, ctx: Context, entity: Entity, record_id: int | None, form) -> Response:
         """Create or update from a submitted form, through the record pipeline. Errors come back inline
-        with the input kept; a stale version shows the other person's change."""
-        data = form_values(entity, form)
+        with the input kept; a stale version shows what the other person changed beside the input."""
+        data = form_values(entity, picked(entity, form))
         version = form.get("_version")
+        since = int(version) if str(version or "").isdigit() else None
         try:
             if record_id is None:
                 saved = self.records.create(entity, data, ctx)
             else:
-                saved = self.records.update(entity, record_id, data, ctx,
-                                            version=int(version) if str(version or "").isdigit() else None)
+                saved = self.records.update(entity, record_id, data, ctx, version=since)
         except Problem as exc:
             current = None if record_id is None else _quiet(lambda: self.records.get(entity, record_id, ctx))
             t = translator(self.locale(ctx))
             if exc.status == 409 and current is not None:
                 return self.form_page(request, ctx, entity, {**current}, values=data, status=409,
-                                      notice=t("conflict"), theirs=current)
+                                      notice=t("conflict"), theirs=current,
+                                      differences=self.differences(entity, record_id, since, data, current, ctx))
             notice = t("fix_errors") if exc.status == 422 else (exc.detail or exc.title)
             return self.form_page(request, ctx, entity, current, values=data, errors=exc.errors or [],
                                   status=exc.status, notice=notice)
         return Redirect(self.url(entity.plural, saved["id"]), status_code=303)
+
+    def differences(self, entity: Entity, record_id: int, since: int | None, data: dict, current: dict,
+                    ctx: Context) -> list[dict]:
+        """What someone else changed since version ``since`` (from the history; without a version, the
+        fields where the stored record and the input differ): each field's label, their value, the input."""
+        locale = self.locale(ctx)
+        changed: dict[str, None] = {}
+        if since is not None:
+            entries = _quiet(lambda: self.records.history(entity, record_id, ctx, limit=50, before=None)) or {}
+            for entry in reversed(entries.get("data", [])):
+                if entry.get("version", 0) > since:
+                    changed.update(dict.fromkeys(entry.get("changes") or {}))
+        if not changed:
+            changed = dict.fromkeys(n for n in data if data[n] != current.get(n))
+        views = {v.name: v for s in form_sections(self.manifest, entity, ctx.access, locale, creating=False)
+                 for v in s.fields}
+        ids: dict[str, set[int]] = {}
+        for name in changed:
+            view = views.get(name)
+            if view is not None and view.target:
+                for value in (current.get(name), data.get(name)):
+                    ids.setdefault(view.target, set()).update(
+                        v for v in (value if isinstance(value, list) else [value]) if isinstance(v, int))
+        titles = {plural: self.titles(self.by_plural[plural], found, ctx) for plural, found in ids.items()}
+        return [{"name": n, "label": views[n].label,
+                 "theirs": self.text_of(views[n], current.get(n), titles.get(views[n].target, {}), locale),
+                 "yours": self.text_of(views[n], data[n], titles.get(views[n].target, {}), locale) if n in data
+                 else None} for n in changed if n in views]
+
+    def fire_transition(self, request: Request, ctx: Context, entity: Entity, record_id: int, name: str,
+                        form) -> Response:
+        """Fire a workflow transition from its button, with the fields its inline form gives
+        (``fields[<name>]``); a refusal or an invalid field shows on the record page, the input kept."""
+        pairs = []
+        for key, value in form.multi_items():
+            match = TRANSITION_FIELD.match(key)
+            if match:
+                pairs.append((match.group(1) + match.group(2), value))
+        data = form_values(entity, picked(entity, FormMultiDict(pairs))) if pairs else {}
+        version = form.get("_version")
+        try:
+            self.records.transitions.fire(entity, record_id, name, ctx, data=data,
+                                          version=int(version) if str(version or "").isdigit() else None)
+        except Problem as exc:
+            if exc.status == 404:
+                raise
+            t = translator(self.locale(ctx))
+            message = t("stale") if exc.status == 409 and exc.title == "Version conflict" else (exc.detail or exc.title)
+            errors = exc.errors or []
+            if exc.status == 422 and not exc.detail:
+                message = t("fix_errors")
+            return self.record_page(request, ctx, entity, record_id, message=message, errors=errors, values=data,
+                                    failed=name, status=exc.status)
+        return Redirect(self.url(entity.plural, record_id), status_code=303)
+
+    def find(self, entity: Entity, text: str, ctx: Context, limit: int) -> list[dict]:
+        """Up to ``limit`` records of ``entity`` the caller may read whose title or ``search:`` fields
+        contain ``text`` (any case), or whose id it is (``12``, ``#12``); each with its title, and the
+        field that matched when not the title. Empty ``text``: the newest records."""
+        if not self.may_read(ctx, entity):
+            return []
+        fields = searchable_fields(entity, ctx.access)
+        title = entity.title if self.may_read(ctx, entity, entity.title) and entity.title in entity.fields else None
+        by_id = entity.fields["id"]
+        searches: list[tuple[Any, list[Filter]]] = []
+        number = text.lstrip("#")
+        if number.isdigit() and len(number) < 19:
+            searches.append((None, [Filter(by_id, "eq", int(number))]))
+        if text:
+            searches += [(f, [Filter(f, "contains", text)]) for f in fields]
+        else:
+            searches.append((None, []))
+        hits: dict[int, dict] = {}
+        locale = self.locale(ctx)
+        for f, filters in searches:
+            if len(hits) >= limit:
+                break
+            names = list(dict.fromkeys(n for n in (title, f.name if f is not None else None) if n))
+            query = ListQuery(filters=filters, limit=limit, fields=names or ["id"],
+                              sort=[(by_id, not text)])
+            for row in self.records.list(entity, query, ctx)["data"]:
+                if row["id"] in hits or len(hits) >= limit:
+                    continue
+                hits[row["id"]] = {
+                    "id": row["id"], "title": str(row.get(title) or f"#{row['id']}") if title else f"#{row['id']}",
+                    "field": label(f.label, locale) or f.name if f is not None and f.name != title else "",
+                    "match": str(row.get(f.name) or "") if f is not None and f.name != title else "",
+                }
+        return list(hits.values())
+
+    def search_page(self, request: Request, ctx: Context) -> Response:
+        """The global search: up to :data:`SEARCH_HITS` records of each entity the caller may read."""
+        text = str(request.query_params.get("q") or "").strip()[:200]
+        locale = self.locale(ctx)
+        groups = []
+        if text:
+            for entity in self.entities_for(ctx):
+                hits = self.find(entity, text, ctx, SEARCH_HITS)
+                if not hits:
+                    continue
+                title = entity.title if self.may_read(ctx, entity, entity.title) else None
+                more = f"{self.prefix}/{quote(entity.plural)}?filter[{title}][contains]={quote(text)}" \
+                    if title and len(hits) >= SEARCH_HITS else None
+                groups.append({"entity": entity, "label": label(entity.plural_label, locale), "hits": hits,
+                               "more_url": more})
+        return self.render(request, "search", ctx, q=text, groups=groups)
+
+    def lookup(self, request: Request, ctx: Context, entity: Entity) -> Response:
+        """``<option>``s for a ref input's ``<datalist>``: records of the field's target (``?field=``; else
+        of ``entity``) matching ``?q=`` (or the input's own value, as htmx sends it), in the caller's
+        read scope. Each option reads ``<title> #<id>``, the form the ref inputs take."""
+        params = request.query_params
+        name = str(params.get("field") or "")
+        target = entity
+        if name:
+            f = entity.fields.get(name)
+            if f is None or f.target is None or not self.may_read(ctx, entity, name):
+                raise Problem(404, "Not found", detail=f"{entity.name} has no ref field '{name}'")
+            target = self.manifest.entities[f.target]
+        typed = str(params.get("q") or (params.get(name) if name else "") or "").strip()
+        text = (CHOSEN.sub("", typed).strip() or typed)[:200]  # "Acme #12" (a chosen record) looks for "Acme"
+        hits = self.find(target, text, ctx, LOOKUP_HITS)
+        body = "".join(f'<option value="{escape(h["title"])} #{h["id"]}">'
+                       f'{escape(h["field"] + ": " + h["match"]) if h["field"] else ""}</option>' for h in hits)
+        return Response(body, media_type=MediaType.HTML, headers=HEADERS)
+
+
+def picked(entity: Entity, form) -> FormMultiDict:
+    """The form with ref inputs read: a ref input shows the chosen record as ``<title> #<id>`` (the form
+    the lookup's options take), which becomes the id; anything else is left for validation to judge."""
+    pairs = []
+    for key, value in form.multi_items():
+        f = entity.fields.get(key[:-2] if key.endswith("[]") else key)
+        if f is not None and f.type in ("ref", "refs") and isinstance(value, str):
+            match = REF_TEXT.search(value)
+            value = match.group(1) if match else value.strip()
+        pairs.append((key, value))
+    return FormMultiDict(pairs)
 
 
 def form_values(entity: Entity, form) -> dict[str, Any]:
@@ -542,11 +853,11 @@ def admin_routers(loom, *, prefix: str = "/admin") -> list[Router]:
         return guarded(pages.home)(request)
 
     @get("/{plural:str}", sync_to_thread=True)
-    def listing(request: Request, plural: str) -> Response:
+    def listing(request: Request, plural: FromPath[str]) -> Response:
         return guarded(lambda r, c: pages.list_page(r, c, pages.entity(plural)))(request)
 
     @get("/{plural:str}/new", sync_to_thread=True)
-    def new_form(request: Request, plural: str) -> Response:
+    def new_form(request: Request, plural: FromPath[str]) -> Response:
         def page(r: Request, c: Context) -> Response:
             entity = pages.entity(plural)
             if c.access is not None:
@@ -555,11 +866,11 @@ def admin_routers(loom, *, prefix: str = "/admin") -> list[Router]:
         return guarded(page)(request)
 
     @get("/{plural:str}/{record_id:int}", sync_to_thread=True)
-    def record(request: Request, plural: str, record_id: int) -> Response:
+    def record(request: Request, plural: FromPath[str], record_id: FromPath[int]) -> Response:
         return guarded(lambda r, c: pages.record_page(r, c, pages.entity(plural), record_id))(request)
 
     @get("/{plural:str}/{record_id:int}/edit", sync_to_thread=True)
-    def edit_form(request: Request, plural: str, record_id: int) -> Response:
+    def edit_form(request: Request, plural: FromPath[str], record_id: FromPath[int]) -> Response:
         def page(r: Request, c: Context) -> Response:
             entity = pages.entity(plural)
             return pages.form_page(r, c, entity, pages.records.get(entity, record_id, c))
@@ -574,28 +885,39 @@ def admin_routers(loom, *, prefix: str = "/admin") -> list[Router]:
         return await sync_to_thread(guarded(run), request)
 
     @post("/{plural:str}/new", status_code=200)
-    async def create(request: Request, plural: str) -> Response:
+    async def create(request: Request, plural: FromPath[str]) -> Response:
         return await submitted(request, lambda r, c, f: pages.save(r, c, pages.entity(plural), None, f))
 
     @post("/{plural:str}/{record_id:int}/edit", status_code=200)
-    async def update(request: Request, plural: str, record_id: int) -> Response:
+    async def update(request: Request, plural: FromPath[str], record_id: FromPath[int]) -> Response:
         return await submitted(request, lambda r, c, f: pages.save(r, c, pages.entity(plural), record_id, f))
 
     @post("/{plural:str}/{record_id:int}/transitions/{name:str}", status_code=200)
-    async def transition(request: Request, plural: str, record_id: int, name: str) -> Response:
-        def fire(r: Request, c: Context, form) -> Response:
-            entity = pages.entity(plural)
-            version = form.get("_version")
-            try:
-                pages.records.transitions.fire(entity, record_id, name, c,
-                                               version=int(version) if str(version or "").isdigit() else None)
-            except Problem as exc:
-                if exc.status in (403, 404):
-                    raise
-                return pages.record_page(r, c, entity, record_id, message=exc.detail or exc.title)
-            return Redirect(pages.url(entity.plural, record_id), status_code=303)
-        return await submitted(request, fire)
+    async def transition(request: Request, plural: FromPath[str], record_id: FromPath[int], name: FromPath[str]) -> Response:
+        return await submitted(request, lambda r, c, f: pages.fire_transition(r, c, pages.entity(plural), record_id,
+                                                                              name, f))
 
+    @get("/{plural:str}/lookup", sync_to_thread=True)
+    def lookup(request: Request, plural: FromPath[str]) -> Response:
+        return guarded(lambda r, c: pages.lookup(r, c, pages.entity(plural)))(request)
+
+    @post("/{plural:str}/bulk", status_code=200)
+    async def bulk(request: Request, plural: FromPath[str]) -> Response:
+        return await submitted(request, lambda r, c, f: pages.bulk(r, c, pages.entity(plural), f))
+
+    @post("/{plural:str}/views", status_code=303)
+    async def save_view(request: Request, plural: FromPath[str]) -> Response:
+        return await submitted(request, lambda r, c, f: pages.save_view(r, c, pages.entity(plural), f))
+
+    @post("/{plural:str}/views/{view_id:int}/delete", status_code=303)
+    async def delete_view(request: Request, plural: FromPath[str], view_id: FromPath[int]) -> Response:
+        return await submitted(request, lambda r, c, f: pages.delete_view(r, c, pages.entity(plural), view_id, f))
+
+    list_handlers = [lookup, bulk, save_view, delete_view]  # the list page's own (issue 7: lists)
+
+    @get("/search", sync_to_thread=True)
+    def search(request: Request) -> Response:
+        return guarded(pages.search_page)(request)
     static = create_static_files_router(path="/static", directories=[STATIC], name="admin_static",
                                         cache_control=CacheControlHeader(max_age=86400, public=True))
     pages.plugin_pages = admin_pages(loom, pages)
@@ -619,12 +941,13 @@ def admin_routers(loom, *, prefix: str = "/admin") -> list[Router]:
 
     return [Router(path=pages.prefix, route_handlers=[login_form, login, logout, choose_locale, home, *shown, listing,
                                                       new_form, record, edit_form, create, update, transition,
-                                                      static], include_in_schema=False, after_request=secured,
-                   exception_handlers={Problem: failed, HTTPException: failed})]
+                                                      static, *list_handlers, search], include_in_schema=False, after_request=secured,
+                   exception_handlers={Problem: failed, HTTPException: failed,
+                                                         ValidationException: failed})]
 
 
 #: Paths of the admin app itself, which a plugin's page may not take.
-OWN_PATHS = frozenset({"login", "logout", "locale", "static"})
+OWN_PATHS = frozenset({"login", "logout", "locale", "static", "search"})
 
 
 def admin_pages(loom, pages: AdminPages) -> list[AdminPage]:

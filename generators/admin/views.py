@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import json
 from dataclasses import dataclass, field
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from loomcrm.engine.manifest import Entity, Field, Manifest, text_for
 
+from .messages import translator
+
 __all__ = ["WIDGETS", "FieldView", "Section", "field_view", "form_sections", "list_columns", "display",
-           "level_of", "label"]
+           "level_of", "label", "local_input", "searchable_fields"]
 
 #: The input each field type gets in a form (plugins' types fall back to ``text``).
 WIDGETS = {
@@ -48,6 +52,7 @@ class FieldView:
     :ivar widget: the input (see :data:`WIDGETS`); ``editable`` False renders the value, not an input.
     :ivar options: ``(value, label)`` of an enum or multi_enum, in the reader's language.
     :ivar target: the entity a ref or refs field points at (its plural, for links and pickers).
+    :ivar timezone: a datetime's time zone (the app's): inputs and texts show wall-clock time there.
     """
 
     name: str
@@ -63,6 +68,7 @@ class FieldView:
     max_length: int | None = None
     min: Any = None
     max: Any = None
+    timezone: str | None = None
 
 
 @dataclass(frozen=True)
@@ -88,7 +94,8 @@ def field_view(manifest: Manifest, entity: Entity, f: Field, locale: str, level:
     editable = level == "write" and f.writable and f.compute is None and f.rollup is None
     return FieldView(f.name, label(f.label, locale) or f.name, widget, f.required and editable, editable,
                      label(f.help, locale), options, target, step, f.params.get("currency"),
-                     f.params.get("max_length"), f.min, f.max)
+                     f.params.get("max_length"), f.min, f.max,
+                     f.params.get("timezone") if f.type == "datetime" else None)
 
 
 def form_sections(manifest: Manifest, entity: Entity, access: Any, locale: str, *, creating: bool,
@@ -148,19 +155,72 @@ def display(view: FieldView, value: Any, locale: str) -> str:
         names = dict(view.options)
         return ", ".join(names.get(v, str(v)) for v in value)
     if view.widget == "checkbox":
-        return ("是" if value else "否") if locale.startswith("zh") else ("Yes" if value else "No")
+        return translator(locale)("yes" if value else "no")
     if view.widget == "ref":
         return str(value) if isinstance(value, str) else f"#{value}"
     if view.widget == "refs":
         return ", ".join(str(v) if isinstance(v, str) else f"#{v}" for v in value)
     if view.widget in ("number", "money"):
         return _number(value, view, locale)
+    if view.widget == "json" and not isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
     if view.widget == "date":
         return _date(dt.date.fromisoformat(value) if isinstance(value, str) else value, locale)
     if view.widget == "datetime":
-        moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00")) if isinstance(value, str) else value
+        moment = _moment(value, view.timezone)
+        if moment is None:
+            return str(value)
         return _date(moment.date(), locale) + moment.strftime(" %H:%M")
     return str(value)
+
+
+def local_input(value: Any, timezone: str | None) -> str:
+    """A datetime as a ``datetime-local`` input holds it: wall-clock time in ``timezone`` (the app's),
+    minutes only. The API gives UTC (``...Z``); text typed into the form has no offset and is kept as
+    typed (the field type reads offset-less input in the same zone, so the round trip is exact)."""
+    if value is None or value == "":
+        return ""
+    if isinstance(value, str) and not _has_offset(value):
+        return value[:16]
+    moment = _moment(value, timezone)
+    return moment.strftime("%Y-%m-%dT%H:%M") if moment is not None else str(value)
+
+
+def searchable_fields(entity: Entity, access: Any) -> list[Field]:
+    """The fields the global search looks in: the title and the ``search:`` fields, those the caller may
+    read and that can be searched by ``contains`` (stored in the entity's table)."""
+    names = dict.fromkeys([entity.title, *getattr(entity, "search_fields", ())])
+    found = []
+    for name in names:
+        f = entity.fields.get(name)
+        if f is None or f.column is None or "contains" not in f.field_type.filter_ops:
+            continue
+        if level_of(access, entity, name) != "hidden":
+            found.append(f)
+    return found
+
+
+def _has_offset(text: str) -> bool:
+    return text.endswith("Z") or (len(text) > 19 and text[-6] in "+-" and text[-3] == ":")
+
+
+def _zone(name: str | None) -> dt.tzinfo:
+    try:
+        return ZoneInfo(name) if name else dt.UTC
+    except (ZoneInfoNotFoundError, ValueError):
+        return dt.UTC
+
+
+def _moment(value: Any, timezone: str | None) -> dt.datetime | None:
+    """A datetime (or its ISO text) in ``timezone``; offset-less values are taken as already there."""
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    if not isinstance(value, dt.datetime):
+        return None
+    return value.astimezone(_zone(timezone)) if value.tzinfo is not None else value
 
 
 def _number(value: Any, view: FieldView, locale: str) -> str:
@@ -169,6 +229,8 @@ def _number(value: Any, view: FieldView, locale: str) -> str:
     except decimal.InvalidOperation:
         return str(value)
     places = max(-number.as_tuple().exponent, 0) if isinstance(number.as_tuple().exponent, int) else 0
+    if view.widget == "money" and view.step and view.step.startswith("0."):  # money shows its scale: 1,200.50
+        places = max(places, len(view.step) - 2)
     text = f"{number:,.{places}f}"
     if locale.startswith("de") or locale.startswith("fr"):
         text = text.replace(",", " ").replace(".", ",")
