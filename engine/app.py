@@ -21,7 +21,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
-from loomcrm.generators.admin import admin_routers
+from loomcrm.generators.admin import AdminPages, admin_routers
 from loomcrm.generators.models import build_models
 from loomcrm.generators.routes import admin_router, auth_router, entity_router
 from loomcrm.generators.tables import build_metadata
@@ -110,7 +110,8 @@ class Loom:
         routers.append(auth_router(auth, api_context, sync_to_thread=sync_to_thread))
         routers.append(admin_router(self.records, api_context, sync_to_thread=sync_to_thread))
         routers.append(webhook_router(Subscriptions(self.records), api_context, sync_to_thread=sync_to_thread))
-        routers.extend(admin_routers(self, prefix=self.manifest.admin_path))
+        admin = AdminPages(self, self.manifest.admin_path)
+        routers.extend(admin_routers(self, pages=admin))
         for handlers in call_hook(self.pm, "loom_routes", loom=self):
             routers.extend(handlers or ())
 
@@ -118,7 +119,16 @@ class Loom:
             for problem in call_hook(self.pm, "loom_handle_exception", exc=exc):
                 if isinstance(problem, Problem):
                     return problem_response(request, problem)
+            if admin.owns(request.url.path):  # logged like any other, answered as a page
+                log.exception("unexpected error on %s %s", request.method, request.url.path)
+                return admin.error_response(request, exc)
             return unexpected_response(request, exc)
+
+        def http_error(request: Request, exc: HTTPException) -> Response:
+            """No such path or method: under the admin app a page, elsewhere problem+json."""
+            if admin.owns(request.url.path):
+                return admin.error_response(request, exc)
+            return http_error_response(request, exc)
 
         def configure(app_config: AppConfig) -> AppConfig:
             self.pm.hook.loom_configure_app(app_config=app_config, manifest=self.manifest)
@@ -139,7 +149,7 @@ class Loom:
         return Litestar(
             route_handlers=[*routers, health, index],
             exception_handlers={Problem: problem_response, ValidationException: validation_response,
-                                HTTPException: http_error_response, Exception: unexpected},
+                                HTTPException: http_error, Exception: unexpected},
             openapi_config=OpenAPIConfig(
                 title=f"{self.manifest.app_name} API", version="1", path="/schema",
                 render_plugins=[SwaggerRenderPlugin()],

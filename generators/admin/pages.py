@@ -190,6 +190,18 @@ class AdminPages:
             request_path=request.url.path, entity_label=(lambda e: label(e.label, locale)), **values)
         return Response(page, status_code=status, media_type=MediaType.HTML, headers={**HEADERS, **(headers or {})})
 
+    def owns(self, path: str) -> bool:
+        """Whether ``path`` is the admin app's (its errors are pages, not the API's JSON)."""
+        return path == self.prefix or path.startswith(self.prefix + "/")
+
+    def error_response(self, request: Request, exc: Exception) -> Response:
+        """An error raised outside a page's own handling (no such page, a wrong method, a malformed form,
+        a bug) as the admin app's error page, with its headers, not the API's JSON."""
+        status = exc.status if isinstance(exc, Problem) else getattr(exc, "status_code", 500)
+        t = translator(self.locale(None, request))
+        message = {403: t("not_allowed"), 404: t("not_found")}.get(status, t("error"))
+        return self.render(request, "error", None, status=status, message=message, detail="", errors=[])
+
     def menu(self, ctx: Context, locale: str) -> list[dict[str, str]]:
         """The side nav's entries after the entities: the pages plugins add (``loom_admin_pages``)
         that the caller may open."""
@@ -751,9 +763,9 @@ def _quiet(fn: Callable[[], Any]) -> Any:
         return None
 
 
-def admin_routers(loom, *, prefix: str = "/admin") -> list[Router]:
+def admin_routers(loom, *, prefix: str = "/admin", pages: AdminPages | None = None) -> list[Router]:
     """The admin app's routes, and its static files (cached for a day; file names carry versions)."""
-    pages = AdminPages(loom, prefix)
+    pages = pages or AdminPages(loom, prefix)
 
     def guarded(fn: Callable[..., Response]) -> Callable[..., Response]:
         """Run a page: the sign-in page for visitors, an error page for refusals."""
@@ -931,13 +943,8 @@ def admin_routers(loom, *, prefix: str = "/admin") -> list[Router]:
                 response.headers[name] = value
         return response
 
-    def failed(request: Request, exc: Exception) -> Response:
-        """An error raised outside a page's own handling (a malformed form, a wrong method) as the
-        admin app's error page, not the API's JSON."""
-        status = exc.status if isinstance(exc, Problem) else getattr(exc, "status_code", 500)
-        t = translator(pages.locale(None, request))
-        message = {403: t("not_allowed"), 404: t("not_found")}.get(status, t("error"))
-        return pages.render(request, "error", None, status=status, message=message, detail="", errors=[])
+    def failed(request: Request, exc: Exception) -> Response:  # a function: litestar copies its handlers
+        return pages.error_response(request, exc)
 
     return [Router(path=pages.prefix, route_handlers=[login_form, login, logout, choose_locale, home, *shown, listing,
                                                       new_form, record, edit_form, create, update, transition,

@@ -23,3 +23,15 @@ document.addEventListener("change", function (event) {
   }
   input.value = "";
 });
+
+// A list's "select all": ticks or clears every row's box on the page (the server reads "_all" too,
+// so the action works without JavaScript).
+document.addEventListener("change", function (event) {
+  var all = event.target;
+  if (!all.matches || !all.matches("#select-all")) { return; }
+  var table = all.closest("table");
+  if (!table) { return; }
+  table.querySelectorAll('tbody input[type="checkbox"][name="ids"]').forEach(function (box) {
+    box.checked = all.checked;
+  });
+});

@@ -414,3 +414,21 @@ def test_an_override_extends_the_built_in_page_of_its_own_name(tmp_path):
         csrf="", user="", signed_in=False, nav=[], menu=[], entity=None, request_path="/admin/x",
         entity_label=str, message="Gone", detail="", errors=[])
     assert "<title>Custom " in page and "Gone" in page
+
+
+def test_no_such_admin_path_or_method_is_an_html_page_with_the_headers_and_the_api_stays_json(tmp_path):
+    from loomcrm.engine.testing import make_loom, project_files
+
+    loom = make_loom(project_files("entities:\n  account:\n    fields:\n      name: {type: string}\n"),
+                     f"sqlite:///{tmp_path}/x.db")
+    try:
+        with TestClient(loom.asgi()) as client:
+            page = client.get("/admin/accounts/1/nothing/here")
+            assert page.status_code == 404 and page.headers["content-type"].startswith("text/html")
+            assert "script-src 'self'" in page.headers["content-security-policy"]
+            wrong = client.delete("/admin/login")
+            assert wrong.status_code == 405 and wrong.headers["content-type"].startswith("text/html")
+            api = client.get("/api/nothing")
+            assert api.status_code == 404 and api.headers["content-type"] == "application/problem+json"
+    finally:
+        loom.close()

@@ -219,3 +219,18 @@ def test_the_language_switch_shows_chinese_labels(open_page, base_url, sign_in):
     sign_in(other, base_url, "zhang.rep")
     other.goto(f"{base_url}/admin/opportunities")
     expect(other.get_by_role("heading", level=1)).to_have_text("商机")
+
+
+def test_select_all_ticks_every_row_and_a_narrow_screen_keeps_the_page_usable(open_page, base_url):
+    page = open_page("admin")
+    page.goto(f"{base_url}/admin/activities")
+    boxes = page.locator('tbody input[type="checkbox"][name="ids"]')
+    assert boxes.count() > 1
+    page.get_by_label(EN("select_all")).check()
+    for i in range(boxes.count()):
+        expect(boxes.nth(i)).to_be_checked()
+    page.get_by_label(EN("select_all")).uncheck()
+    expect(boxes.first).not_to_be_checked()
+    page.set_viewport_size({"width": 360, "height": 740})  # a phone: nothing wider than the screen
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 360, f"the page is {width} px wide at 360 px"
