@@ -13,18 +13,21 @@ import datetime as dt
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 import sqlalchemy as sa
+from litestar import Request, Response
+from litestar.response import Redirect
 
 from loomcrm.engine.errors import Problem
 from loomcrm.engine.manifest import Entity, Manifest, text_for
 from loomcrm.engine.runtime.context import Context
-from loomcrm.engine.runtime.query import FILTER_KEY
+from loomcrm.engine.runtime.query import FILTER_KEY, ListQuery, parse_list_params
 
 from .messages import translator
-from .views import label, level_of
+from .views import display, label, level_of, list_columns, shown
 
 __all__ = ["FilterInput", "FilterControl", "filter_controls", "active_filters", "filter_messages", "bulk_actions",
            "list_params", "chosen_refs", "view_query", "ref_target", "SavedViews", "FEW_CHOICES", "SYSTEM_FILTERS"]
@@ -284,3 +287,129 @@ class SavedViews:
             done = conn.execute(v.delete().where(v.c.id == view_id, v.c.user_id == user_id))
         if done.rowcount == 0:
             raise Problem(404, "Not found", detail=f"you have no saved view {view_id}")
+
+
+class ListPages:
+    """The list pages of :class:`~.pages.AdminPages`: a list with its filter bar, saved views and bulk
+    actions (a mixin: ``self`` is one)."""
+
+    @cached_property
+    def saved_views(self) -> SavedViews:
+        return SavedViews(self.loom)
+
+    def list_page(self, request: Request, ctx: Context, entity: Entity, *, params: list[tuple[str, str]] | None = None,
+                  report: dict | None = None, status: int = 200) -> Response:
+        """The list: a filter bar from the field types, sortable columns, keyset pages, the total, saved
+        views and bulk actions. The URL holds the state (the API's query syntax); a bad filter value is
+        shown inline (400), never an error page. An htmx request for ``#records`` gets the table only."""
+        locale = self.locale(ctx)
+        t = translator(locale)
+        if params is None:
+            params = chosen_refs(self.manifest, entity, list_params(request.query_params.multi_items()))
+        columns = list_columns(self.manifest, entity, ctx.access, locale)
+        choices = self.ref_choices(entity, ctx)
+        controls = filter_controls(self.manifest, entity, ctx.access, locale, params, [c.name for c in columns],
+                                   choices)
+        rows, count, next_cursor, errors, general = [], None, None, {}, []
+        try:
+            query = parse_list_params(entity, params)
+        except Problem as exc:
+            if exc.status != 400:
+                raise
+            errors, general = filter_messages(exc, controls)
+            status = 400
+        else:
+            query.expand = [c.name for c in columns if c.widget == "ref"]
+            query.count = True
+            page = self.records.list(entity, query, ctx)
+            rows = [{"id": r["id"], "version": r.get("version"),
+                     "cells": [display(c, shown(self.manifest, c, r.get(c.name)), locale) for c in columns]}
+                    for r in page["data"]]
+            count, next_cursor = page.get("count"), page.get("next_cursor")
+        sort = dict(params).get("sort", "")
+        current = view_query(params)
+        views = [{**v, "current": sorted(v["params"]) == sorted(parse_qsl(current))}
+                 for v in self.saved_views.of(ctx.actor, entity)] if ctx.actor is not None else []
+        partial = request.headers.get("hx-request") == "true" and request.headers.get("hx-target") == "records"
+        base = self.url(entity.plural)
+        return self.render(
+            request, "_table" if partial else "list", ctx, entity=entity,
+            status=200 if partial else status,  # htmx swaps 2xx answers only: the message must reach the table
+            columns=columns, rows=rows, count=count, next_cursor=next_cursor, sort=sort, params=params,
+            query_without=lambda *keys: [(k, v) for k, v in params if k not in keys], list_url=base,
+            controls=controls, filter_errors=errors, filter_general=general,
+            chips=active_filters(params, controls, t),
+            clear_url=base + ("?" + urlencode([("sort", sort)]) if sort else ""), query_text=urlencode(params),
+            views=views, view_query=current, actions=bulk_actions(entity, ctx.access, self.records.transitions.of(entity),
+                                                                  locale, t),
+            can_create=ctx.access is None or ctx.access.can(entity, "create"), report=report, partial=partial,
+            page_title=label(entity.plural_label, locale) or entity.plural)
+
+    def ref_choices(self, entity: Entity, ctx: Context) -> dict[str, list[tuple[str, str]]]:
+        """For each filterable ref field whose target has few records the caller may read, those records
+        as ``(id, title)``: the filter bar offers them in a select."""
+        found: dict[str, list[tuple[str, str]]] = {}
+        for f in entity.fields.values():
+            if ref_target(self.manifest, f) is None or f.column is None or \
+                    (f.system and f.name not in SYSTEM_FILTERS) or level_of(ctx.access, entity, f.name) == "hidden":
+                continue
+            target = self.manifest.entities[ref_target(self.manifest, f)]
+            if ctx.access is not None and not (ctx.access.can(target, "read")
+                                               and level_of(ctx.access, target, target.title) != "hidden"):
+                continue
+            fields = ["id", target.title] if target.title in target.fields else ["id"]
+            try:
+                page = self.records.list(target, ListQuery(limit=FEW_CHOICES, fields=fields, sort=[
+                    (target.fields["id"], False)]), ctx)
+            except Problem:
+                continue
+            if page.get("next_cursor") is None:
+                found[f.name] = [(str(r["id"]), str(r.get(target.title) or f"#{r['id']}")) for r in page["data"]]
+        return found
+
+    def bulk(self, request: Request, ctx: Context, entity: Entity, form) -> Response:
+        """Apply a bulk action to the selected records (``ids``: ``id:version``; with ``_all``, every
+        record of the page the form came from), each in its own transaction through the pipeline; the
+        list comes back with how many succeeded and why the others did not."""
+        t = translator(self.locale(ctx))
+        action = str(form.get("action") or "")
+        allowed = dict(bulk_actions(entity, ctx.access, self.records.transitions.of(entity), self.locale(ctx), t))
+        if action not in allowed:
+            raise Problem(403, "Forbidden", detail=f"you may not apply '{action}' to {entity.name} records")
+        picked = form.getall("_page", []) if form.get("_all") else form.getall("ids", [])
+        chosen: dict[int, int | None] = {}
+        for item in picked:
+            record_id, _, version = str(item).partition(":")
+            if record_id.isdigit():
+                chosen[int(record_id)] = int(version) if version.isdigit() else None
+        done, failed = 0, []
+        for record_id, version in chosen.items():
+            try:
+                if action == "delete":
+                    self.records.delete(entity, record_id, ctx, version=version)
+                else:
+                    self.records.transitions.fire(entity, record_id, action.split(":", 1)[1], ctx, version=version)
+                done += 1
+            except Problem as exc:
+                reasons = [str(e.get("message")) for e in exc.errors or () if e.get("message")]
+                failed.append({"id": record_id, "reason": "; ".join([exc.detail or exc.title, *reasons][:3])})
+        report = {"action": allowed[action], "done": done, "failed": failed, "empty": not chosen}
+        params = list_params(parse_qsl(str(form.get("_query") or "")))
+        return self.list_page(request, ctx, entity, params=[(k, v) for k, v in params if k != "cursor"],
+                              report=report)
+
+    def save_view(self, request: Request, ctx: Context, entity: Entity, form) -> Response:
+        """Save the list's current filters and sort under a name, for the signed-in user only."""
+        if ctx.access is not None:
+            ctx.access.require(entity, "read")
+        query = view_query(list_params(parse_qsl(str(form.get("_query") or ""))))
+        parse_list_params(entity, parse_qsl(query))  # a view holds a query the list can run (400 otherwise)
+        self.saved_views.save(ctx.actor, entity, str(form.get("name") or ""), query)
+        return Redirect(self.url(entity.plural) + ("?" + query if query else ""), status_code=303)
+
+    def delete_view(self, request: Request, ctx: Context, entity: Entity, view_id: int, form) -> Response:
+        self.saved_views.delete(ctx.actor, view_id)
+        query = str(form.get("_query") or "")
+        return Redirect(self.url(entity.plural) + ("?" + urlencode(list_params(parse_qsl(query))) if query else ""),
+                        status_code=303)
+

@@ -241,3 +241,15 @@ def _date(day: dt.date, locale: str) -> str:
     if locale.startswith("zh"):
         return f"{day.year}年{day.month}月{day.day}日"
     return day.isoformat()
+
+
+def shown(manifest, view, value: Any) -> Any:
+    """An expanded ref (the target record, as ``expand`` gives it) as the target's title, a list of them
+    as a list of titles; anything else as it is."""
+    if view.target is None or value is None:
+        return value
+    title = next(e.title for e in manifest.entities.values() if e.plural == view.target)
+
+    def one(item: Any) -> Any:
+        return item.get(title) or f"#{item.get('id')}" if isinstance(item, dict) else item
+    return [one(v) for v in value] if isinstance(value, list) else one(value)

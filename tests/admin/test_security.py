@@ -19,7 +19,7 @@ from loomcrm.engine.runtime.auth import SESSION_COOKIE
 from loomcrm.engine.runtime.context import Context
 from loomcrm.engine.runtime.query import ListQuery
 from loomcrm.engine.testing import sql_rows
-from loomcrm.generators.admin.pages import CSP
+from loomcrm.generators.admin.security import CSP
 
 CRM = """
 entities:
