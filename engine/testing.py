@@ -5,9 +5,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import textwrap
 
-__all__ = ["make_loom", "project_files", "compile_files", "compile_entities", "config_errors", "api_token", "sql_rows", "table_names",
+__all__ = ["make_loom", "migrated", "project_files", "compile_files", "compile_entities", "config_errors", "api_token",
+           "sql_rows", "sql_execute", "replaced", "table_names",
            "loom_app", "loom_client"]
 
 
@@ -63,6 +65,22 @@ def make_loom(files: dict[str, str], database_url: str, *, plugins: list | None 
     if migrate:
         migrate_manifest(manifest, database_url=database_url)
     return Loom.from_manifest(manifest, pm, database_url=database_url)
+
+
+@contextlib.contextmanager
+def migrated(manifest, database_url: str):
+    """A Loom on ``database_url`` after migrating it to ``manifest``, closed afterwards: for filling tables
+    that a test then migrates further."""
+    from .app import Loom
+    from .commands import migrate_manifest
+    from .plugins import make_plugin_manager
+
+    migrate_manifest(manifest, database_url=database_url)
+    loom = Loom.from_manifest(manifest, make_plugin_manager(), database_url=database_url)
+    try:
+        yield loom
+    finally:
+        loom.close()
 
 
 def sql_rows(url: str, sql: str) -> list[tuple]:

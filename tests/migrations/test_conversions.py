@@ -19,7 +19,7 @@ from loomcrm.engine.fieldtypes import FieldValueError
 from loomcrm.engine.plugins import make_plugin_manager
 from loomcrm.engine.runtime.context import Context
 from loomcrm.engine.testing import compile_entities as manifest_of
-from loomcrm.engine.testing import compile_files, project_files, sql_execute
+from loomcrm.engine.testing import compile_files, migrated, project_files, sql_execute
 from loomcrm.engine.testing import sql_rows as rows
 from loomcrm.generators.migrations import plan_migration, render_sql
 
@@ -81,14 +81,9 @@ def indexes(url: str) -> set[str]:
 
 @pytest.fixture
 def populated(db_url):
-    manifest = manifest_of(config())
-    migrate_manifest(manifest, database_url=db_url)
-    loom = Loom.from_manifest(manifest, make_plugin_manager(), database_url=db_url)
-    try:
+    with migrated(manifest_of(config()), db_url) as loom:
         for i in range(1, COUNT + 1):
             loom.records.create(loom.entity("account"), values(i), Context())
-    finally:
-        loom.close()
     return db_url
 
 

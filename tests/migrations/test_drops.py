@@ -13,7 +13,7 @@ from loomcrm.engine.database import create_db_engine
 from loomcrm.engine.plugins import make_plugin_manager
 from loomcrm.engine.runtime.context import Context
 from loomcrm.engine.testing import compile_entities as manifest_of
-from loomcrm.engine.testing import project_files
+from loomcrm.engine.testing import migrated, project_files
 from loomcrm.engine.testing import sql_rows as rows
 from loomcrm.generators.migrations import plan_migration
 
@@ -63,10 +63,7 @@ def stored_plan(url: str, manifest):
 def populated(db_url):
     """20 accounts (every third from the second has a fax, every one after the first has a parent and
     tags), 2 tags, 4 leads with watchers."""
-    manifest = manifest_of(BASE)
-    migrate_manifest(manifest, database_url=db_url)
-    loom = Loom.from_manifest(manifest, make_plugin_manager(), database_url=db_url)
-    try:
+    with migrated(manifest_of(BASE), db_url) as loom:
         tags = [loom.records.create(loom.entity("tag"), {"name": n}, Context())["id"] for n in ("vip", "new")]
         for i in range(1, 21):
             loom.records.create(loom.entity("account"), {
@@ -75,8 +72,6 @@ def populated(db_url):
         for i in range(1, 5):
             loom.records.create(loom.entity("lead"), {"title": f"L{i}", "account": i, "watchers": [i, i + 1]},
                                 Context())
-    finally:
-        loom.close()
     return db_url
 
 

@@ -7,14 +7,12 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from loomcrm.engine.app import Loom
 from loomcrm.engine.cli import main
 from loomcrm.engine.commands import MigrationRefused, migrate_manifest, plan_manifest
 from loomcrm.engine.database import create_db_engine
-from loomcrm.engine.plugins import make_plugin_manager
 from loomcrm.engine.runtime.context import Context
 from loomcrm.engine.testing import compile_entities as manifest_of
-from loomcrm.engine.testing import project_files, replaced, sql_execute
+from loomcrm.engine.testing import migrated, project_files, replaced, sql_execute
 from loomcrm.engine.testing import sql_rows as rows
 from loomcrm.generators.migrations import plan_migration, render_sql
 
@@ -53,16 +51,11 @@ def changed(yaml: str = BASE, **replacements: tuple[str, str]) -> str:
 def populated(db_url):
     """20 accounts: distinct emails (every fifth has none), codes C0-C3 shared by 4 or 5 accounts
     each (ids 7 and 14 have none), regions north, south and none in turn."""
-    manifest = manifest_of(BASE)
-    migrate_manifest(manifest, database_url=db_url)
-    loom = Loom.from_manifest(manifest, make_plugin_manager(), database_url=db_url)
-    try:
+    with migrated(manifest_of(BASE), db_url) as loom:
         for i in range(1, 21):
             loom.records.create(loom.entity("account"), {
                 "name": f"A{i}", "email": None if i % 5 == 0 else f"a{i}@x.test", "code": code_of(i),
                 "region": region_of(i)}, Context())
-    finally:
-        loom.close()
     return db_url
 
 

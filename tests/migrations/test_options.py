@@ -14,7 +14,7 @@ from loomcrm.engine.errors import ConfigErrors
 from loomcrm.engine.plugins import make_plugin_manager
 from loomcrm.engine.runtime.context import Context
 from loomcrm.engine.testing import compile_entities as manifest_of
-from loomcrm.engine.testing import project_files
+from loomcrm.engine.testing import migrated, project_files
 from loomcrm.generators.migrations import plan_migration, render_sql
 
 RATING = "rating: {type: enum, options: [hot, warm, cold, frozen]}"
@@ -68,15 +68,10 @@ def ids(predicate) -> list[int]:
 @pytest.fixture
 def populated(db_url):
     """24 accounts with every rating but 'frozen' (and some without one) and tag lists without 'd'."""
-    manifest = manifest_of(BASE)
-    migrate_manifest(manifest, database_url=db_url)
-    loom = Loom.from_manifest(manifest, make_plugin_manager(), database_url=db_url)
-    try:
+    with migrated(manifest_of(BASE), db_url) as loom:
         for i in range(1, 25):
             loom.records.create(loom.entity("account"), {"name": f"A{i}", "rating": RATINGS[i % 4],
                                                          "tags": TAG_LISTS[i % 6]}, Context())
-    finally:
-        loom.close()
     return db_url
 
 

@@ -13,7 +13,7 @@ from loomcrm.engine.database import create_db_engine
 from loomcrm.engine.plugins import make_plugin_manager
 from loomcrm.engine.runtime.context import Context
 from loomcrm.engine.testing import compile_entities as manifest_of
-from loomcrm.engine.testing import replaced, sql_execute
+from loomcrm.engine.testing import migrated, replaced, sql_execute
 from loomcrm.engine.testing import sql_rows as rows
 from loomcrm.generators.migrations import plan_migration, render_sql
 
@@ -48,10 +48,7 @@ def changed(yaml: str = BASE, **replacements: tuple[str, str]) -> str:
 @pytest.fixture
 def populated(db_url):
     """3 accounts, 2 companies, 12 contacts (9 with an account), 3 deals owned by contacts 10, 11, 12."""
-    manifest = manifest_of(BASE)
-    migrate_manifest(manifest, database_url=db_url)
-    loom = Loom.from_manifest(manifest, make_plugin_manager(), database_url=db_url)
-    try:
+    with migrated(manifest_of(BASE), db_url) as loom:
         for i in range(1, 4):
             loom.records.create(loom.entity("account"), {"name": f"A{i}"}, Context())
         for i in range(1, 3):
@@ -60,8 +57,6 @@ def populated(db_url):
             loom.records.create(loom.entity("contact"), {"name": f"P{i}", "account": ACCOUNT_OF[i]}, Context())
         for i in range(1, 4):
             loom.records.create(loom.entity("deal"), {"title": f"D{i}", "owner_contact": 9 + i}, Context())
-    finally:
-        loom.close()
     return db_url
 
 

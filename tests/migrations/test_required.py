@@ -13,7 +13,7 @@ from loomcrm.engine.errors import ConfigErrors
 from loomcrm.engine.plugins import make_plugin_manager
 from loomcrm.engine.runtime.context import Context
 from loomcrm.engine.testing import compile_entities as manifest_of
-from loomcrm.engine.testing import project_files, sql_execute
+from loomcrm.engine.testing import migrated, project_files, sql_execute
 from loomcrm.engine.testing import sql_rows as rows
 from loomcrm.generators.migrations import plan_migration, render_sql
 
@@ -48,16 +48,11 @@ def history_count(url: str) -> int:
 @pytest.fixture
 def populated(db_url):
     """30 accounts, alternately customers and partners; every third has no industry."""
-    manifest = manifest_of(BASE)
-    migrate_manifest(manifest, database_url=db_url)
-    loom = Loom.from_manifest(manifest, make_plugin_manager(), database_url=db_url)
-    try:
+    with migrated(manifest_of(BASE), db_url) as loom:
         for i in range(1, 31):
             loom.records.create(loom.entity("account"), {
                 "name": f"A{i}", "kind": "customer" if i % 2 else "partner",
                 "industry": None if i in NULL_IDS else f"ind{i}"}, Context())
-    finally:
-        loom.close()
     return db_url
 
 
