@@ -58,11 +58,11 @@ class RecordPages:
         sections = form_sections(self.manifest, entity, ctx.access, locale, creating=False, include_system=True)
         refs = [v.name for s in sections for v in s.fields if v.target and self.may_read(ctx, self.by_plural[v.target])]
         record = self.records.get(entity, record_id, ctx, expand=refs)
+        if isinstance(record.get("owner"), int):  # a user id: shown by the user's name
+            record["owner"] = self.user_names({record["owner"]}).get(record["owner"]) or record["owner"]
         shown_sections = [{"title": s.title, "fields": [
             {"view": v, "text": display(v, shown(self.manifest, v, record.get(v.name)), locale)} for v in s.fields]}
             for s in sections]
-        if isinstance(record.get("owner"), int):  # a user id: shown by the user's name
-            record["owner"] = self.user_names({record["owner"]}).get(record["owner"]) or record["owner"]
         transitions = self.workflow_actions(entity, record_id, ctx, locale)
         field_errors: dict[str, list[str]] = {}
         general = []
@@ -84,11 +84,17 @@ class RecordPages:
         return ctx.access.can(entity, "read") and (name is None or ctx.access.level(entity, name) != "hidden")
 
     def workflow_actions(self, entity: Entity, record_id: int, ctx: Context, locale: str) -> list[dict]:
-        """The record's transitions as buttons: allowed or not (with the reasons), and the inputs of the
-        fields the target state requires that the record lacks (those the caller may see)."""
+        """The transitions from the record's current state as buttons: allowed or not (with the reasons:
+        a role, a guard), and the inputs of the fields the target state requires that the record lacks
+        (those the caller may see). Transitions from other states are left out."""
         if not self.records.transitions.of(entity):
             return []
-        items = self.records.transitions.available(entity, record_id, ctx)["data"]
+        available = self.records.transitions.available(entity, record_id, ctx)
+        fields = {w.name: w.field for w in self.manifest.workflows.values()}
+        states = available["states"]
+        # only what could happen from where the record is: the others would all say "wrong state"
+        items = [item for item in available["data"]
+                 if "*" in item["from"] or states.get(fields.get(item["workflow"])) in item["from"]]
         for item in items:
             item["inputs"] = [dataclasses.replace(field_view(self.manifest, entity, entity.fields[n], locale,
                                                              level_of(ctx.access, entity, n)), required=True)

@@ -174,7 +174,7 @@ def test_headers_sort_and_keep_the_filters_without_the_cursor(crm, client):
     second = client.get("/admin/deals?filter[stage][eq]=open&sort=-amount&limit=5")
     cursor = re.search(r'rel="next" href="[^"]*cursor=([^"&]+)"', second.text).group(1)
     paged = client.get(f"/admin/deals?filter[stage][eq]=open&sort=-amount&limit=5&cursor={cursor}").text
-    assert "cursor" not in re.search(r'<th scope="col" aria-sort="descending"><a href="([^"]*)"', paged).group(1)
+    assert "cursor" not in re.search(r'<th scope="col" aria-sort="descending"[^>]*><a href="([^"]*)"', paged).group(1)
     # the filter form carries the sort, so filtering keeps the order
     assert '<input type="hidden" name="sort" id="filter-sort" value="-amount">' in page
 
