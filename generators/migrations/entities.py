@@ -92,10 +92,8 @@ def bare_column(column: sa.Column) -> sa.Column:
     copy = column._copy()
     copy.index = None
     copy.unique = None
-    for fk in column.foreign_keys:
-        target = fk.column.table.name
-        copy.append_foreign_key(sa.ForeignKey(fk.target_fullname, ondelete=fk.ondelete,
-                                              name=f"fk_{column.table.name}_{column.name}_{target}"))
+    for fk in column.foreign_keys:  # the convention's name, shortened as the dialect needs (PostgreSQL: 63)
+        copy.append_foreign_key(sa.ForeignKey(fk.target_fullname, ondelete=fk.ondelete, name=fk.constraint.name))
     return copy
 
 

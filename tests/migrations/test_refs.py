@@ -226,3 +226,27 @@ def test_sql_of_the_plan_clears_then_replaces_the_key():
     assert clear.replace(";", "") in sqlite
     assert ("-- copy table contact (SQLite batch mode) to: replace foreign key fk_contact_account_id_account with "
             "fk_contact_account_id_company on contact") in sqlite
+
+
+LONG_A = "a_very_long_entity_name_for_testing_things_xx"
+LONG_B = "another_long_entity_name_for_testing_more_yy"
+LONG_REF = "a_quite_long_reference_field_name_for_test"
+
+
+def long_names(ref: str = "") -> str:
+    return (f"entities:\n  {LONG_A}:\n    fields:\n      name: {{type: string}}\n"
+            f"  {LONG_B}:\n    fields:\n      name: {{type: string}}\n{ref}")
+
+
+def test_a_ref_added_later_with_long_names_gets_a_foreign_key_a_later_change_finds(db_url):
+    migrate_manifest(manifest_of(long_names()), database_url=db_url)
+    added = f"      {LONG_REF}: {{type: ref, to: {LONG_A}, on_delete: cascade}}\n"
+    migrate_manifest(manifest_of(long_names(added)), database_url=db_url)  # the name is over 63 characters
+    sql_execute(db_url, f"INSERT INTO {LONG_A} (name, version, created_at, updated_at) "
+                        "VALUES ('a', 1, '2026-01-01', '2026-01-01')")
+    sql_execute(db_url, f"INSERT INTO {LONG_B} (name, {LONG_REF}_id, version, created_at, updated_at) "
+                        "VALUES ('b', 1, 1, '2026-01-01', '2026-01-01')")
+    the_plan = migrate_manifest(manifest_of(long_names(added.replace("cascade", "restrict"))), database_url=db_url)
+    assert any("on_delete" in step.description or "foreign key" in step.description for step in the_plan.steps)
+    with pytest.raises(sa.exc.IntegrityError):  # restrict now: the parent cannot go while the child points at it
+        sql_execute(db_url, f"DELETE FROM {LONG_A} WHERE id = 1")
