@@ -218,11 +218,12 @@ def _check(args) -> int:
     from .commands import plan
 
     planned = plan(args.project, database_url=args.database)
-    if planned.plan.empty and not planned.plan.refresh_rollups:
+    if planned.current:
         print("ok: the database matches the config.")
         return 0
     print("The database does not match the config; 'loom migrate' would:", file=sys.stderr)
-    print(planned.plan.render(), file=sys.stderr)
+    print(planned.plan.render() if not planned.plan.empty or planned.plan.notes
+          else "  record the config (no schema change)", file=sys.stderr)
     return 1
 
 

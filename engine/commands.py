@@ -58,9 +58,14 @@ def validate(project: str | os.PathLike) -> Manifest:
 
 @dataclass
 class PlannedMigration:
+    """A plan against a database. ``current``: the database's last migration applied exactly this
+    config's manifest (a plan can be empty while it did not: a changed default or label needs no step,
+    but ``migrate`` still records it)."""
+
     manifest: Manifest
     plan: Plan
     dialect: str
+    current: bool = False
 
     def sql(self) -> str:
         return render_sql(self.plan.steps, self.dialect)
@@ -95,7 +100,7 @@ def plan_manifest(manifest: Manifest, *, database_url: str | None = None,
             old, has_table = applied_manifest(conn)
             the_plan = plan_migration(old, manifest, has_migrations_table=has_table)
             check_data(the_plan, conn, allow_data_loss=allow_data_loss)
-        return PlannedMigration(manifest, the_plan, engine.dialect.name)
+        return PlannedMigration(manifest, the_plan, engine.dialect.name, current=old == manifest.to_json())
     finally:
         engine.dispose()
 

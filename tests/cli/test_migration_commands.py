@@ -43,6 +43,16 @@ def test_check_fails_until_the_database_is_migrated(project, capsys):
     assert code == 1 and "add column account.city" in err
 
 
+def test_check_fails_after_a_change_that_needs_no_schema_step_until_it_is_recorded(project, capsys):
+    run(capsys, "-p", project, "migrate")
+    (project / "loom.yaml").write_text(PHASE_1.replace("{type: string, required: true}",
+                                                       "{type: string, required: true, default: Unnamed}"))
+    code, _, err = run(capsys, "-p", project, "check")
+    assert code == 1 and "default of account.name is now 'Unnamed'" in err
+    assert run(capsys, "-p", project, "migrate")[0] == 0
+    assert run(capsys, "-p", project, "check")[0] == 0
+
+
 def test_history_lists_each_applied_migration_newest_first(project, capsys, monkeypatch):
     monkeypatch.setenv("USER", "ops-anna")
     assert "No migration has been applied" in run(capsys, "-p", project, "history")[1]
