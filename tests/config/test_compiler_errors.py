@@ -10,7 +10,7 @@ from loomcrm.engine.compiler import compile_manifest
 from loomcrm.engine.errors import ConfigErrors
 from loomcrm.engine.loader import load_config_text
 from loomcrm.engine.plugins import make_plugin_manager
-from loomcrm.engine.testing import compile_files, config_errors, project_files
+from loomcrm.engine.testing import compile_entities, compile_files, config_errors, project_files
 
 
 def errors_in(entities_yaml: str, **kwargs) -> str:
@@ -297,3 +297,33 @@ def test_history_cannot_name_a_related_list():
               account: {type: ref, to: account, related_name: history}
         """)
     assert "E122 'history' cannot name a related list: /api/<plural>/{id}/history is Loom's own" in errors
+
+
+SCREENS = """
+entities:
+  account:
+    list: [name, region]
+    layout:
+      - {label: {en: Main, zh: 主要}, fields: [name]}
+      - {label: Where, fields: [region]}
+    search: [name]
+    fields:
+      name: {type: string}
+      region: {type: enum, options: [east, west]}
+"""
+
+
+def test_list_layout_and_search_compile_into_the_entity():
+    account = compile_entities(SCREENS).entities["account"]
+    assert account.list_fields == ("name", "region") and account.search_fields == ("name",)
+    assert [(s.label["zh"], s.fields) for s in account.layout] == [("主要", ("name",)), ("Where", ("region",))]
+
+
+def test_list_layout_and_search_naming_no_field_a_field_twice_or_a_non_text_search_are_e148():
+    bad = (SCREENS.replace("list: [name, region]", "list: [nme, region]")
+           .replace("fields: [region]}", "fields: [region, name]}").replace("search: [name]", "search: [region]"))
+    text = config_errors(project_files(bad))
+    assert "E148 'nme' is not a field of entity 'account'" in text and "did you mean 'name'?" in text
+    assert "E148 field 'name' is in two sections of the layout of 'account'" in text
+    assert "E148 search looks in text, and 'account.region' has type enum" in text
+    assert text.count("E148") == 3 and "entities.yaml:4:12" in text
