@@ -51,10 +51,6 @@ UNCONVERTIBLE = frozenset({"ref", "refs"})
 __all__ = ["CONVERSIONS", "ConversionCheck", "conversion_steps", "converter"]
 
 
-class ConversionFailed(Exception):
-    """A value did not convert while the migration ran (the data check should have said so first)."""
-
-
 @dataclass(frozen=True)
 class ConversionCheck:
     """Convert every stored value of ``column`` before anything changes, and count those that do not
