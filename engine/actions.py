@@ -15,8 +15,9 @@ Plugins add types through the ``loom_action_types`` hook.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from .runtime.pipeline import Records
 
 __all__ = ["Action", "ActionError", "ActionRun", "ActionScope", "ActionType", "BUILTIN_ACTIONS", "compile_actions",
-           "to_field_value"]
+           "to_field_value", "value_converter"]
 
 
 class ActionError(Exception):
@@ -181,17 +182,29 @@ class ActionRun:
 def to_field_value(field: Field, value: Any, timezone: str = "UTC") -> Any:
     """A CEL result as a value of ``field``: a timestamp for a date field is its day in the app's
     time zone; a double for a decimal field is rounded to its scale; the field type checks the rest."""
-    if value is None:
-        return None
-    if field.type == "date" and isinstance(value, dt.datetime):
+    return value_converter(field, timezone)(value)
+
+
+def value_converter(field: Field, timezone: str = "UTC") -> Callable[[Any], Any]:
+    """:func:`to_field_value` for one field, with what depends only on the field worked out once
+    (a write that computes fields converts their values on every save)."""
+    parse = partial(field.field_type.parse, field)
+    if field.type == "date":
         from .runtime.context import zone
 
-        value = value.astimezone(zone(timezone)).date() if value.tzinfo else value.date()
-    if isinstance(value, float) and "scale" in field.params:
-        value = round(value, field.params["scale"])
-    if field.type in ("refs", "multi_enum") and isinstance(value, tuple):
-        value = list(value)
-    return field.field_type.parse(field, value)
+        tz = zone(timezone)
+
+        def day(value: Any) -> Any:
+            if isinstance(value, dt.datetime):
+                value = value.astimezone(tz).date() if value.tzinfo else value.date()
+            return None if value is None else parse(value)
+        return day
+    if "scale" in field.params:
+        scale = field.params["scale"]
+        return lambda value: None if value is None else parse(round(value, scale) if type(value) is float else value)
+    if field.type in ("refs", "multi_enum"):
+        return lambda value: None if value is None else parse(list(value) if isinstance(value, tuple) else value)
+    return lambda value: None if value is None else parse(value)
 
 
 def _literal(value: Any) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import re
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,8 +30,8 @@ from lark import Token, Tree
 from .errors import did_you_mean
 from .manifest import Entity
 
-__all__ = ["Expression", "ExpressionError", "all_of", "bind", "compile_expression", "context", "layout", "reads_of", "cel_value",
-           "VARIABLES"]
+__all__ = ["Binding", "Expression", "ExpressionError", "all_of", "compile_expression", "context", "layout", "reads_of",
+           "cel_value", "VARIABLES"]
 
 VARIABLES = ("record", "old", "user", "now", "today")
 #: Macros bind their first argument as a variable of their own: record.tags.all(t, t != "x").
@@ -69,13 +70,14 @@ class Expression:
         return self.program.execute(variables if isinstance(variables, cel.Context) else dict(variables))
 
 
-def all_of(checks: list[tuple[Expression | None, Expression]]) -> Any:
-    """One CEL program giving the verdict of every ``(when, check)`` at once, as a list (``true``
-    where ``when`` does not hold): a write that passes all its rules pays one evaluation, not one per
-    rule. Errors are not told apart; evaluate the checks one by one to find the culprit."""
-    items = [f"(({when.compiled}) == true) ? ({check.compiled}) : true" if when is not None else f"({check.compiled})"
-             for when, check in checks]
-    return cel.compile("[" + ", ".join(items) + "]")
+def all_of(checks: list[tuple[Expression | None, Expression]], values: list[Expression] = ()) -> Any:
+    """One CEL program giving, as a list, the value of each of ``values`` (computed fields), then one
+    verdict: whether every ``(when, check)`` holds (``when`` false: it holds). A write that passes
+    all its rules pays one evaluation, not one per rule. Anything but ``true`` (a rule that fails,
+    one that cannot be evaluated) means: evaluate them one by one to say which and why."""
+    verdicts = [f"((({when.compiled}) == true) ? ({check.compiled}) : true)" if when is not None
+                else f"({check.compiled})" for when, check in checks]
+    return cel.compile("[" + ", ".join([*(f"({v.compiled})" for v in values), " && ".join(verdicts) or "true"]) + "]")
 
 
 def reads_of(expressions) -> dict[str, frozenset[str]]:
@@ -91,34 +93,86 @@ def context(reads: Mapping[str, frozenset[str]], values: Mapping[str, Any]) -> c
     """A CEL context holding only what ``reads`` names: of ``record``, ``old`` and ``user`` only the
     fields read (``values`` holds them as plain mappings of Python values), converted once, as the
     flat variables ``record__f`` compiled expressions read (and as maps where one needs the map).
-    Code that builds contexts for the same ``reads`` over and over works out the :func:`layout` once
-    and calls :func:`bind`."""
-    return bind(layout(reads), values)
+    Code that builds contexts for the same ``reads`` over and over uses a :class:`Binding`."""
+    return cel.Context({name: _cel(value) for name, value in _values(layout(reads), values)})
 
 
-def layout(reads: Mapping[str, frozenset[str]]) -> tuple:
-    """How to build a context for ``reads``: per variable, its name, the record fields read with the
-    flat variable each becomes (None for ``now``, ``today``), and whether it must also be a map."""
+def layout(reads: Mapping[str, frozenset[str]]) -> tuple[tuple[str, str, str | None, tuple[str, ...] | None], ...]:
+    """The variables of a context for ``reads``, each as ``(variable, what it comes from, the field
+    it is of that or None, the fields of a map or None)``: ``("record__amount", "record", "amount",
+    None)``, ``("now", "now", None, None)``, ``("record", "record", None, ("amount", ...))`` for a
+    record an expression reads as a whole."""
     maps = reads.get(MAPS, ())
-    return tuple((name, tuple((f, f"{name}__{f}") for f in sorted(fields)) if name in RECORDS else None, name in maps)
-                 for name, fields in reads.items() if name != MAPS)
-
-
-def bind(plan: tuple, values: Mapping[str, Any]) -> cel.Context:
-    """The CEL context :func:`context` describes, from a :func:`layout`."""
-    variables: dict[str, Any] = {}
-    for name, fields, as_map in plan:
-        value = values.get(name)
-        if fields is None:
-            variables[name] = cel_value(value)
+    slots = []
+    for name, fields in reads.items():
+        if name == MAPS:
             continue
-        value = value or {}
-        for f, flat in fields:
-            item = value.get(f)
-            variables[flat] = item if type(item) in _AS_IS else cel_value(item)
-        if as_map:
-            variables[name] = {f: variables[flat] for f, flat in fields}
-    return cel.Context(variables)
+        if name not in RECORDS:
+            slots.append((name, name, None, None))
+            continue
+        slots += [(f"{name}__{f}", name, f, None) for f in sorted(fields)]
+        if name in maps:
+            slots.append((name, name, None, tuple(sorted(fields))))
+    return tuple(slots)
+
+
+def _values(slots: tuple, values: Mapping[str, Any]):
+    """``(variable, Python value)`` for each of a :func:`layout`'s variables."""
+    for name, source, field_name, map_fields in slots:
+        value = values.get(source)
+        if field_name is not None:
+            value = value.get(field_name) if value else None
+        elif map_fields is not None:
+            value = {f: _cel(value.get(f) if value else None) for f in map_fields}
+        yield name, value
+
+
+def _cel(value: Any) -> Any:
+    return value if type(value) in _AS_IS else cel_value(value)
+
+
+class Binding:
+    """The CEL contexts of one set of expressions, built over and over (an entity's rules, on every
+    write): each thread keeps one context and changes only the variables whose values changed since
+    it last bound them. Converting a value for CEL costs more than evaluating an expression, and
+    from one write of an entity to the next most values repeat (a stage, a currency, a date, the user).
+
+    A context returned holds these values until the thread binds again: use it before then.
+    """
+
+    def __init__(self, reads: Mapping[str, frozenset[str]]):
+        self.reads = reads
+        self._layout = layout(reads)
+        self._local = threading.local()
+
+    def __call__(self, values: Mapping[str, Any]) -> cel.Context:
+        local = self._local
+        last = getattr(local, "last", None)  # per variable, the Python value the context holds
+        if last is None:
+            current = list(_values(self._layout, values))
+            local.context = cel.Context({name: _cel(value) for name, value in current})
+            local.last = [value for _, value in current]
+            return local.context
+        context = local.context
+        for i, (name, source, field_name, map_fields) in enumerate(self._layout):  # _values, inlined: hot
+            value = values.get(source)
+            if field_name is not None:
+                value = value.get(field_name) if value else None
+            elif map_fields is not None:
+                value = {f: _cel(value.get(f) if value else None) for f in map_fields}
+            previous, kind = last[i], type(value)
+            if kind is not type(previous) or kind not in _COMPARED or value != previous or \
+                    (kind is float or kind is decimal.Decimal) and not value:
+                context.add_variable(name, value if kind in _AS_IS else cel_value(value))  # refused: unchanged
+                last[i] = value
+        return context
+
+
+#: Types whose equal values CEL sees alike, so an equal value is not converted again (``1``, ``1.0``
+#: and ``True`` are equal in Python but not in CEL: the types must match too). A zero decimal or
+#: double is always converted (``0.0`` and ``-0.0`` are equal; CEL tells them apart); lists, maps
+#: and timestamps are always converted: comparing them costs about what converting does.
+_COMPARED = frozenset({str, int, float, bool, type(None), decimal.Decimal, dt.date})
 
 
 _AS_IS = frozenset({str, int, float, bool, type(None)})

@@ -150,26 +150,44 @@ class DecimalType(FieldType):
         return Annotated[str, PydanticField(pattern=r"^-?\d+(\.\d+)?$", examples=["1250.00"])]
 
     def parse(self, field, value):
-        if isinstance(value, bool):
-            raise _bad("type", "must be a number")
+        kind = type(value)  # the common types first: this runs for every decimal of every write
+        scale, precision = field.params["scale"], field.params["precision"]
+        if kind is float and -_EXACT.get(scale, 0.0) < value < _EXACT.get(scale, 0.0):
+            text = f"{value:.{scale}f}"  # the double's digits to the scale; the same value when it has no more
+            if float(text) == value:
+                return self._bounded(field, decimal.Decimal(text), precision, scale)
         try:
-            number = decimal.Decimal(str(value).strip()) if isinstance(value, str | int | float) else value
+            if kind is str:
+                number = decimal.Decimal(value.strip())
+            elif kind is float or kind is int:
+                number = decimal.Decimal(repr(value) if kind is float else value)
+            elif isinstance(value, bool):
+                raise _bad("type", "must be a number")
+            else:
+                number = decimal.Decimal(str(value).strip()) if isinstance(value, str | int | float) else value
         except decimal.InvalidOperation:
             raise _bad("type", "must be a number, e.g. 1250.00") from None
         if not isinstance(number, decimal.Decimal) or not number.is_finite():
             raise _bad("type", "must be a finite number")
-        scale, precision = field.params["scale"], field.params["precision"]
-        if max(number.adjusted() + 1, 0) > precision - scale:
-            raise _bad("precision", f"must have at most {precision - scale} digits before the decimal point")
         step, exact = _quantum(precision, scale)
-        rounded = number.quantize(step, context=exact)
+        rounded = number.quantize(step, context=exact) if number.adjusted() < precision - scale else number
         if rounded != number:
             raise _bad("scale", f"must have at most {scale} decimal places")
-        number = rounded
-        return _check_range(field, number)
+        return self._bounded(field, rounded, precision, scale)
+
+    @staticmethod
+    def _bounded(field, number: decimal.Decimal, precision: int, scale: int) -> decimal.Decimal:
+        if number.adjusted() >= precision - scale:
+            raise _bad("precision", f"must have at most {precision - scale} digits before the decimal point")
+        return number if field.min is None and field.max is None else _check_range(field, number)
 
     def dump(self, field, value):
         return None if value is None else str(value)
+
+
+#: Per scale, the doubles below which ``"%.<scale>f"`` writes the same number as ``repr`` rounded to the
+#: scale: at most 15 significant digits, which a double always gives back as they were.
+_EXACT = {scale: 10.0 ** (15 - scale) for scale in range(16)}
 
 
 @functools.cache

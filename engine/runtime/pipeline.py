@@ -103,7 +103,7 @@ class Records:
         return results[0] if results else None
 
     def _check_record(self, ctx: Context, entity: Entity, operation: str, record: dict, old: dict | None,
-                      evaluated=None) -> None:
+                      passed: bool | None = None) -> None:
         """The plugins' last word before a write: vetoes (403), then whole-record checks (422)."""
         if self._implemented("loom_permission_veto"):
             reasons = [r for r in call_hook(self.pm, "loom_permission_veto", ctx=ctx, entity=entity,
@@ -112,7 +112,7 @@ class Records:
                 raise forbidden("; ".join(str(r) for r in reasons))
         if operation == "delete":
             return
-        errors = self.rules.errors(ctx, entity, record, old, evaluated) if entity.rules else []
+        errors = self.rules.errors(ctx, entity, record, old, passed) if entity.rules else []
         if self._implemented("loom_validate_record"):
             errors += [{"field": str(e.get("field", "")), "code": str(e.get("code", "invalid")),
                         "message": str(e.get("message", ""))}
@@ -244,9 +244,9 @@ class Records:
                     self._run("loom_before_create", ctx=ctx, entity=entity, data=values)
                     self._revalidate(entity, before, values)
                 pending = self.flow.before_save(ctx, entity, "create", values, None)
-                evaluated = self.rules.compute(ctx, entity, values, values, None)
+                passed = self.rules.compute(ctx, entity, values, values, None)
                 self._check_references(conn, entity, values, ctx)
-                self._check_record(ctx, entity, "create", values, None, evaluated)
+                self._check_record(ctx, entity, "create", values, None, passed)
                 values.update(created_at=ctx.now, updated_at=ctx.now, created_by=ctx.actor,
                               updated_by=ctx.actor, owner=values.get("owner", ctx.actor))
                 def insert() -> dict:
@@ -301,9 +301,9 @@ class Records:
         if cleared:
             raise invalid([_error(n, "required", "is required and cannot be emptied") for n in cleared])
         pending = self.flow.before_save(ctx, entity, "update", changes, old, transition)
-        evaluated = self.rules.compute(ctx, entity, {**old, **changes}, changes, old)
+        passed = self.rules.compute(ctx, entity, {**old, **changes}, changes, old)
         self._check_references(conn, entity, changes, ctx)
-        self._check_record(ctx, entity, "update", {**old, **changes}, old, evaluated)
+        self._check_record(ctx, entity, "update", {**old, **changes}, old, passed)
         changes.update(updated_at=ctx.now, updated_by=ctx.actor)
 
         def update() -> dict:

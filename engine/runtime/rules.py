@@ -2,31 +2,41 @@
 then validation rules (``rules:``).
 
 All three evaluate CEL (:mod:`loomcrm.engine.expressions`) over one ``cel.Context`` per step holding only
-the values the expressions read: converting values for CEL costs far more than evaluating them.
+the values the expressions read, kept per thread and entity (a :class:`~loomcrm.engine.expressions.Binding`):
+converting values for CEL costs far more than evaluating them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..actions import to_field_value
+from ..actions import value_converter
 from ..errors import Problem
-from ..expressions import MAPS, all_of, bind, layout, reads_of
+from ..expressions import MAPS, Binding, all_of, reads_of
 from ..fieldtypes import FieldValueError
-from ..manifest import Entity, Manifest, text_for
+from ..manifest import Entity, Field, Manifest, text_for
 from .context import Context, zone
 
 __all__ = ["RecordRules"]
 
 
 @dataclass(frozen=True)
-class Evaluated:
-    """What :meth:`RecordRules.compute` leaves for :meth:`RecordRules.errors`: the CEL context if it
-    still holds the record as computed (else None), and True when every rule already passed."""
+class Plan:
+    """How one entity's computed fields and rules are evaluated, worked out on its first write.
 
-    variables: Any
-    passed: bool | None = None
+    :ivar computed: the fields with ``compute:``, in field order, each with its value converter.
+    :ivar bind: builds the one CEL context that serves the computations and the rules: what they read.
+    :ivar batch: when no expression reads a computed field, one program that computes the fields and
+        checks the rules in a single evaluation (crossing into CEL costs more than evaluating); else None.
+    :ivar rereads: the computed fields an expression reads: the context is bound again after each.
+    """
+
+    computed: tuple[tuple[Field, Callable[[Any], Any]], ...]
+    bind: Binding
+    batch: Any
+    rereads: frozenset[str]
 
 
 class RecordRules:
@@ -35,56 +45,60 @@ class RecordRules:
 
     def __init__(self, manifest: Manifest):
         self.manifest = manifest
-        self._plans: dict[str, tuple] = {}  # entity -> (computed fields, what they read)
-        self._defaults: dict[str, tuple] = {}  # entity -> (its fields with default_expr, what they read)
+        self._plans: dict[str, Plan] = {}
+        self._defaults: dict[str, tuple] = {}  # entity -> (its fields with default_expr, their Binding)
         self._batches: dict[str, Any] = {}  # entity -> one CEL program checking all its rules
 
-    def _plan(self, entity: Entity) -> tuple:
-        """``(computed fields, what they and the rules read, one program for them all or None, the
-        context's layout)``: one
-        CEL context serves both. When no expression reads a computed field, one program computes the
-        fields and checks the rules in a single evaluation (crossing into CEL costs more than evaluating)."""
+    def _plan(self, entity: Entity) -> Plan:
         plan = self._plans.get(entity.name)
         if plan is None:
             computed = [f for f in entity.user_fields if f.compute is not None]
             rules = [e for rule in entity.rules for e in (rule.check, rule.when) if e is not None]
             reads = reads_of([*(f.compute for f in computed), *rules])
-            independent = computed and "record" not in reads.get(MAPS, ()) and \
-                not any(f.name in reads.get("record", ()) for f in computed)
-            batch = all_of([(None, f.compute) for f in computed] + [(r.when, r.check) for r in entity.rules]) \
+            rereads = frozenset(f.name for f in computed) & reads.get("record", frozenset())
+            independent = computed and "record" not in reads.get(MAPS, ()) and not rereads
+            batch = all_of([(r.when, r.check) for r in entity.rules], [f.compute for f in computed]) \
                 if independent else None
-            plan = self._plans[entity.name] = (computed, reads, batch, layout(reads))
+            plan = self._plans[entity.name] = Plan(
+                tuple((f, value_converter(f, self.manifest.timezone)) for f in computed), Binding(reads), batch, rereads)
         return plan
 
-    def _context(self, ctx: Context, reads: dict, shape: tuple, record: dict, old: dict | None):
-        return bind(shape, {"record": record, "old": old, "now": ctx.now,
-                               "today": self._today(ctx) if "today" in reads else None,
-                               "user": self.cel_user(ctx) if "user" in reads else None})
+    def _context(self, ctx: Context, bind: Binding, record: dict, old: dict | None):
+        reads = bind.reads
+        return bind({"record": record, "old": old, "now": ctx.now,
+                     "today": self._today(ctx) if "today" in reads else None,
+                     "user": self.cel_user(ctx) if "user" in reads else None})
 
-    def compute(self, ctx: Context, entity: Entity, record: dict, into: dict, old: dict | None):
+    def compute(self, ctx: Context, entity: Entity, record: dict, into: dict, old: dict | None) -> bool | None:
         """Set every computed field (``compute:``) of ``record`` in ``into``, in field order, each value
-        checked by its field type; a value that cannot be computed or does not fit is a 422. One CEL
-        context serves them all, rebuilt only after a value that a later computation (or a rule) reads.
-        Returns what :meth:`errors` can reuse: the context when it still holds the record as computed,
-        and whether every rule passed when one program did it all."""
-        computed, reads, batch, shape = self._plan(entity)
-        if not computed:
+        checked by its field type; a value that cannot be computed or does not fit is a 422. The
+        context is bound again only after a value that a later computation (or a rule) reads.
+        Returns True when one program computed the fields and found that every rule passes (then
+        :meth:`errors` has nothing left to do)."""
+        plan = self._plan(entity)
+        if not plan.computed:
             return None
-        record, variables, errors, passed = dict(record), None, [], None
-        results = None
-        if batch is not None:
-            variables = self._context(ctx, reads, shape, record, old)
+        variables, results = None, None
+        if plan.batch is not None:
+            variables = self._context(ctx, plan.bind, record, old)
             try:
-                results = batch.execute(variables)
-                passed = all(verdict is True for verdict in results[len(computed):])
+                results = plan.batch.execute(variables)
             except Exception:  # one by one below: each error is told about on its own
-                results = None
-        for i, field in enumerate(computed):
+                pass
+            else:
+                try:  # the usual case: every value fits its field
+                    values = [convert(result) for (_, convert), result in zip(plan.computed, results, strict=False)]
+                except Exception:
+                    pass
+                else:
+                    into.update((field.name, value) for (field, _), value in zip(plan.computed, values, strict=True))
+                    return results[-1] is True
+        record, errors = dict(record), []
+        for i, (field, convert) in enumerate(plan.computed):
             if variables is None:
-                variables = self._context(ctx, reads, shape, record, old)
+                variables = self._context(ctx, plan.bind, record, old)
             try:
-                result = results[i] if results is not None else field.compute.evaluate(variables)
-                value = to_field_value(field, result, self.manifest.timezone)
+                value = convert(results[i] if results is not None else field.compute.evaluate(variables))
             except FieldValueError as exc:
                 errors.append(_field_error(field.name, exc.code, f"the computed value {exc.message}"))
                 continue
@@ -93,11 +107,11 @@ class RecordRules:
                                      f"computed: {type(exc).__name__}: {exc}"))
                 continue
             record[field.name] = into[field.name] = value
-            if field.name in reads.get("record", ()):
+            if field.name in plan.rereads:
                 variables = None  # a later computation or a rule reads this value
         if errors:
             raise Problem(422, "Validation failed", errors=errors)
-        return Evaluated(variables, passed)
+        return None
 
     def defaults(self, ctx: Context, entity: Entity, values: dict) -> None:
         """Set, in field order, every field with a ``default_expr:`` that ``values`` (a create's input,
@@ -105,18 +119,17 @@ class RecordRules:
         through the field's type as input would: a timestamp becomes a date in the app's time zone
         for a date field, a double is rounded to a decimal's scale. A value that cannot be worked
         out or does not fit is a 422 naming the field (``default_error``, or the type's code)."""
-        defaulted, reads, shape = self._default_plan(entity)
-        fields = [f for f in defaulted if f.name not in values]
+        defaulted, bind = self._default_plan(entity)
+        fields = [(f, convert) for f, convert in defaulted if f.name not in values]
         if not fields:
             return
         errors, variables = [], None
-        for field in fields:
+        for field, convert in fields:
             if variables is None:
-                variables = self._context(ctx, reads, shape, values, None)
+                variables = self._context(ctx, bind, values, None)
             try:
-                values[field.name] = to_field_value(field, field.default_expr.evaluate(variables),
-                                                    self.manifest.timezone)
-                if field.name in reads.get("record", ()):
+                values[field.name] = convert(field.default_expr.evaluate(variables))
+                if field.name in bind.reads.get("record", ()):
                     variables = None  # a later default reads this value
             except FieldValueError as exc:
                 errors.append(_field_error(field.name, exc.code, f"the default value {exc.message}"))
@@ -126,36 +139,33 @@ class RecordRules:
         if errors:
             raise Problem(422, "Validation failed", errors=errors)
 
-    def _default_plan(self, entity: Entity) -> tuple[list, dict, tuple]:
-        """``(fields with a default_expr, what they all read, the context's layout)``: a create that gives some of them
-        converts a value or two more for CEL than it needs, which costs less than working it out."""
+    def _default_plan(self, entity: Entity) -> tuple[list, Binding]:
+        """``(fields with a default_expr and their converters, the Binding of what they all read)``: a
+        create that gives some of them converts a value or two more for CEL than it needs, which
+        costs less than working it out."""
         plan = self._defaults.get(entity.name)
         if plan is None:
             fields = [f for f in entity.user_fields if f.default_expr]
-            reads = reads_of(f.default_expr for f in fields)
-            plan = self._defaults[entity.name] = (fields, reads, layout(reads))
+            plan = self._defaults[entity.name] = ([(f, value_converter(f, self.manifest.timezone)) for f in fields],
+                                                  Binding(reads_of(f.default_expr for f in fields)))
         return plan
 
     def _today(self, ctx: Context) -> str:
         return ctx.now.astimezone(zone(self.manifest.timezone)).date().isoformat()
 
     def errors(self, ctx: Context, entity: Entity, record: dict, old: dict | None,
-               evaluated: Evaluated | None = None) -> list[dict[str, str]]:
+               passed: bool | None = None) -> list[dict[str, str]]:
         """The entity's validation rules (CEL): an error per failing rule and field, all together; a
         rule that cannot be evaluated (say, a division by zero) is an error naming it, never a 500.
-        The values are converted for CEL once per write (``evaluated``: what :meth:`compute` did),
-        and only those the rules read."""
-        if evaluated is not None and evaluated.passed:
+        ``passed``: what :meth:`compute` returned (True: they were checked with the computations)."""
+        if passed:
             return []
-        variables = evaluated.variables if evaluated is not None else None
-        if variables is None:
-            _, reads, _, shape = self._plan(entity)
-            variables = self._context(ctx, reads, shape, record, old)
+        variables = self._context(ctx, self._plan(entity).bind, record, old)
         batch = self._batches.get(entity.name)
         if batch is None:
             batch = self._batches[entity.name] = all_of([(rule.when, rule.check) for rule in entity.rules])
         try:
-            if all(verdict is True for verdict in batch.execute(variables)):
+            if batch.execute(variables)[-1] is True:
                 return []
         except Exception:  # the rules one by one say which failed and how
             pass

@@ -109,3 +109,42 @@ def test_fields_and_rules_evaluated_in_one_go_still_report_each_problem_on_its_o
     with pytest.raises(Problem) as info:
         crm.records.update(entity, deal["id"], {"units": 200}, Context())
     assert [(e["field"], e["code"]) for e in info.value.errors] == [("", "per_unit")]
+
+
+@pytest.mark.parametrize(("amount", "factor", "expected"), [
+    ("0.10", "3", "0.30"),  # 0.1 * 3.0 is 0.30000000000000004 as a double: rounded to the scale
+    ("402.20", "1", "402.20"),
+    ("0.05", "0.5", "0.03"),  # 0.025, a hair above it as a double
+    ("12345678901.23", "1", "12345678901.23"),
+    ("9999999999999.99", "1", "9999999999999.99"),  # 15 digits: the last a double keeps exactly
+    ("-0.01", "0.1", "0.00"),  # -0.001: rounded to a zero, which the database stores unsigned
+])
+def test_a_computed_decimal_is_the_double_rounded_to_the_scale(loom_factory, amount, factor, expected):
+    crm = loom_factory("""
+        entities:
+          line:
+            fields:
+              amount: {type: money}
+              factor: {type: decimal, scale: 4}
+              total: {type: money, compute: "record.amount * record.factor"}
+    """)
+    line = crm.records.create(crm.entity("line"), {"amount": amount, "factor": factor}, Context())
+    assert line["total"] == expected
+
+
+@pytest.mark.parametrize(("value", "result"), [
+    (1234.5, "1234.50"), (0.1, "0.10"), (-0.0, "-0.00"), (9999999999999.99, "9999999999999.99"),
+    (123456789012345.0, "123456789012345.00"), (0.001, "scale"), (0.30000000000000004, "scale"),
+    (1e16, "precision"), (float("inf"), "type"), (float("nan"), "type"),
+])
+def test_a_double_given_for_a_decimal_is_read_as_written(loom_factory, value, result):
+    """JSON numbers are doubles: one with no more decimals than the scale is stored as written,
+    one with more is refused, never rounded (the fast path for doubles gives what text would)."""
+    from loomcrm.engine.fieldtypes import FieldValueError
+
+    crm = loom_factory("entities:\n  line:\n    fields:\n      amount: {type: money}\n")
+    field = crm.entity("line").fields["amount"]
+    try:
+        assert str(field.field_type.parse(field, value)) == result
+    except FieldValueError as exc:
+        assert exc.code == result
