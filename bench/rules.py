@@ -4,7 +4,7 @@ one process), plus the cost of evaluating the rules of one record. A third varia
 columns filled by the client: against it, the overhead is what the expressions cost, without the cost
 of storing three more values.
 
-    .venv/bin/python bench/rules.py                 # 3000 creates per variant and round, 5 rounds; the variants
+    .venv/bin/python bench/rules.py                 # 3000 creates per variant and round, 7 rounds; the variants
     #                                                   take turns every 100 creates
     .venv/bin/python bench/rules.py --creates 10000 --database-url postgresql+psycopg://postgres@127.0.0.1:5432/test
 
@@ -93,7 +93,7 @@ def body(i: int, variant: str = "plain") -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--creates", type=int, default=3000)
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--block", type=int, default=100, help="creates per variant before the next one takes its turn")
     p.add_argument("--database-url", help="as in bench/api.py (default: a temporary SQLite file)")
     args = p.parse_args()

@@ -26,7 +26,8 @@ __all__ = ["RecordRules"]
 class Plan:
     """How one entity's computed fields and rules are evaluated, worked out on its first write.
 
-    :ivar computed: the fields with ``compute:``, in field order, each with its value converter.
+    :ivar computed: the fields with ``compute:``, in field order, each with its value converter;
+        ``names`` their names.
     :ivar bind: builds the one CEL context that serves the computations and the rules: what they read.
     :ivar batch: when no expression reads a computed field, one program that computes the fields and
         checks the rules in a single evaluation (crossing into CEL costs more than evaluating); else None.
@@ -34,6 +35,7 @@ class Plan:
     """
 
     computed: tuple[tuple[Field, Callable[[Any], Any]], ...]
+    names: tuple[str, ...]
     bind: Binding
     batch: Any
     rereads: frozenset[str]
@@ -60,7 +62,8 @@ class RecordRules:
             batch = all_of([(r.when, r.check) for r in entity.rules], [f.compute for f in computed]) \
                 if independent else None
             plan = self._plans[entity.name] = Plan(
-                tuple((f, value_converter(f, self.manifest.timezone)) for f in computed), Binding(reads), batch, rereads)
+                tuple((f, value_converter(f, self.manifest.timezone)) for f in computed), tuple(f.name for f in computed),
+                Binding(reads), batch, rereads)
         return plan
 
     def _context(self, ctx: Context, bind: Binding, record: dict, old: dict | None):
@@ -91,7 +94,7 @@ class RecordRules:
                 except Exception:
                     pass
                 else:
-                    into.update((field.name, value) for (field, _), value in zip(plan.computed, values, strict=True))
+                    into.update(zip(plan.names, values, strict=True))
                     return results[-1] is True
         record, errors = dict(record), []
         for i, (field, convert) in enumerate(plan.computed):
