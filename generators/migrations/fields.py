@@ -144,8 +144,8 @@ def _backfill_default(value: Any, table: sa.Table, column: sa.Column) -> Callabl
 def _backfill_expression(where: str, entity, field_, table: sa.Table, timezone: str) -> Callable[[sa.Connection], None]:
     """Evaluate the backfill for each row without a value, page by page in id order, and write the
     results by id. Rows it gives no value or one the field cannot hold fail the migration, named."""
-    from loomcrm.engine.actions import to_field_value
-    from loomcrm.engine.expressions import context
+    from loomcrm.engine.actions import value_converter
+    from loomcrm.engine.expressions import Binding
     from loomcrm.engine.fieldtypes import FieldValueError
     from loomcrm.engine.runtime.context import utcnow, zone
 
@@ -156,6 +156,7 @@ def _backfill_expression(where: str, entity, field_, table: sa.Table, timezone: 
     select = sa.select(table.c.id, *(table.c[f.column] for f in read)).where(column.is_(None)) \
         .order_by(table.c.id).limit(BACKFILL_PAGE)
     update = sa.update(target).where(target.c.id == sa.bindparam("row_id")).values({column.name: sa.bindparam("v")})
+    bind, convert = Binding(expression.reads), value_converter(field_, timezone)
 
     def run(conn: sa.Connection) -> None:
         now = utcnow()
@@ -170,9 +171,7 @@ def _backfill_expression(where: str, entity, field_, table: sa.Table, timezone: 
             for row in rows:
                 record = {"id": row[0], **{f.name: v for f, v in zip(read, row[1:], strict=True)}}
                 try:
-                    result = expression.evaluate(context(expression.reads, {"record": record, "now": now,
-                                                                            "today": today}))
-                    value = to_field_value(field_, result, timezone)
+                    value = convert(expression.evaluate(bind({"record": record, "now": now, "today": today})))
                 except FieldValueError as exc:
                     failed.append(f"id {row[0]}: {exc.message}")
                     continue
