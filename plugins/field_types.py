@@ -150,21 +150,15 @@ class DecimalType(FieldType):
         return Annotated[str, PydanticField(pattern=r"^-?\d+(\.\d+)?$", examples=["1250.00"])]
 
     def parse(self, field, value):
-        kind = type(value)  # the common types first: this runs for every decimal of every write
         scale, precision = field.params["scale"], field.params["precision"]
-        if kind is float and -_EXACT.get(scale, 0.0) < value < _EXACT.get(scale, 0.0):
-            text = f"{value:.{scale}f}"  # the double's digits to the scale; the same value when it has no more
+        if type(value) is float and -_EXACT.get(scale, 0.0) < value < _EXACT.get(scale, 0.0):
+            text = f"{value:.{scale}f}"  # a double's digits to the scale (this runs for every decimal of every write)
             if float(text) == value:
                 return self._bounded(field, decimal.Decimal(text), precision, scale)
+        if isinstance(value, bool):
+            raise _bad("type", "must be a number")
         try:
-            if kind is str:
-                number = decimal.Decimal(value.strip())
-            elif kind is float or kind is int:
-                number = decimal.Decimal(repr(value) if kind is float else value)
-            elif isinstance(value, bool):
-                raise _bad("type", "must be a number")
-            else:
-                number = decimal.Decimal(str(value).strip()) if isinstance(value, str | int | float) else value
+            number = decimal.Decimal(str(value).strip()) if isinstance(value, str | int | float) else value
         except decimal.InvalidOperation:
             raise _bad("type", "must be a number, e.g. 1250.00") from None
         if not isinstance(number, decimal.Decimal) or not number.is_finite():
@@ -185,7 +179,7 @@ class DecimalType(FieldType):
         return None if value is None else str(value)
 
 
-#: Per scale, the doubles below which ``"%.<scale>f"`` writes the same number as ``repr`` rounded to the
+#: Per scale, the doubles below which ``f"{value:.<scale>f}"`` writes the same number as ``repr`` rounded to the
 #: scale: at most 15 significant digits, which a double always gives back as they were.
 _EXACT = {scale: 10.0 ** (15 - scale) for scale in range(16)}
 

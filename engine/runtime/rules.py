@@ -31,6 +31,7 @@ class Plan:
     :ivar bind: builds the one CEL context that serves the computations and the rules: what they read.
     :ivar batch: when no expression reads a computed field, one program that computes the fields and
         checks the rules in a single evaluation (crossing into CEL costs more than evaluating); else None.
+    :ivar verdict: one program checking the rules alone.
     :ivar rereads: the computed fields an expression reads: the context is bound again after each.
     """
 
@@ -38,6 +39,7 @@ class Plan:
     names: tuple[str, ...]
     bind: Binding
     batch: Any
+    verdict: Any
     rereads: frozenset[str]
 
 
@@ -49,7 +51,6 @@ class RecordRules:
         self.manifest = manifest
         self._plans: dict[str, Plan] = {}
         self._defaults: dict[str, tuple] = {}  # entity -> (its fields with default_expr, their Binding)
-        self._batches: dict[str, Any] = {}  # entity -> one CEL program checking all its rules
 
     def _plan(self, entity: Entity) -> Plan:
         plan = self._plans.get(entity.name)
@@ -63,7 +64,7 @@ class RecordRules:
                 if independent else None
             plan = self._plans[entity.name] = Plan(
                 tuple((f, value_converter(f, self.manifest.timezone)) for f in computed), tuple(f.name for f in computed),
-                Binding(reads), batch, rereads)
+                Binding(reads), batch, all_of([(r.when, r.check) for r in entity.rules]), rereads)
         return plan
 
     def _context(self, ctx: Context, bind: Binding, record: dict, old: dict | None):
@@ -163,12 +164,10 @@ class RecordRules:
         ``passed``: what :meth:`compute` returned (True: they were checked with the computations)."""
         if passed:
             return []
-        variables = self._context(ctx, self._plan(entity).bind, record, old)
-        batch = self._batches.get(entity.name)
-        if batch is None:
-            batch = self._batches[entity.name] = all_of([(rule.when, rule.check) for rule in entity.rules])
+        plan = self._plan(entity)
+        variables = self._context(ctx, plan.bind, record, old)
         try:
-            if batch.execute(variables)[-1] is True:
+            if plan.verdict.execute(variables)[-1] is True:
                 return []
         except Exception:  # the rules one by one say which failed and how
             pass
